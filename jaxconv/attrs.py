@@ -1,0 +1,200 @@
+"""TF attributes -> `ConvSpec`: parsing and validation at the edge.
+
+Every check here raises ValueError (bad values) or TypeError (bad kinds)
+naming the argument and the values it got, in TF's wording where TF has
+one.  Attribute lists arrive in `data_format` order; after this module only
+spatial tuples exist.  Shape checks that need operand shapes only (ranks,
+out-depth, spatial sizes) are the primitive's shape rule.
+"""
+from __future__ import annotations
+
+import operator
+
+import jax
+import jax.export
+import numpy as np
+
+from jaxconv.primitive import SUPPORTED_DTYPES
+from lowering.geometry import ConvSpec, forward_padding
+
+INT32_MAX = 2**31 - 1
+DATA_FORMATS = {1: ("NWC", "NCW"), 2: ("NHWC", "NCHW"), 3: ("NDHWC", "NCDHW")}
+PADDINGS = ("SAME", "VALID", "EXPLICIT")
+
+
+def as_operand(x, name: str):
+  """An array operand (NumPy, JAX, nested list or tracer) with a checked dtype."""
+  if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+    try:
+      x = np.asarray(x)
+    except (ValueError, TypeError) as e:
+      raise TypeError(f"{name} must be an array or nested list of numbers: {e}"
+                      ) from None
+    # TF converts Python lists to its default dtypes.
+    if x.dtype == np.float64:
+      x = x.astype(np.float32)
+    elif x.dtype == np.int64:
+      x = x.astype(np.int32)
+  if np.dtype(x.dtype) not in SUPPORTED_DTYPES:
+    raise TypeError(f"{name} has dtype {x.dtype}; expected one of "
+                    f"{', '.join(map(str, SUPPORTED_DTYPES))}")
+  return x
+
+
+def _int(value, name: str) -> int:
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must contain integers, got {value!r}")
+  try:
+    return operator.index(value)
+  except TypeError:
+    raise TypeError(f"{name} must contain integers, got {value!r} "
+                    f"({type(value).__name__})") from None
+
+
+def int_list(value, name: str, length: int | None = None) -> list[int]:
+  """A list of Python ints from a list/tuple/1-D array, with a length check."""
+  if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+    raise TypeError(f"{name} must be a list of integers, got {value!r}")
+  if isinstance(value, np.ndarray) and value.ndim != 1:
+    raise ValueError(f"{name} must be 1-dimensional, got shape {value.shape}")
+  values = [_int(v, name) for v in value]
+  if length is not None and len(values) != length:
+    raise ValueError(f"{name} must have {length} entries in data_format order, "
+                     f"got {len(values)}: {values}")
+  return values
+
+
+def parse_data_format(data_format, ndim: int) -> bool:
+  """True for channels-last ('NHWC'), False for channels-first ('NCHW')."""
+  formats = DATA_FORMATS[ndim]
+  if data_format not in formats:
+    raise ValueError(f"data_format must be one of {formats}, got "
+                     f"{data_format!r}")
+  return data_format == formats[0]
+
+
+def parse_input_sizes(input_sizes, ndim: int) -> list:
+  """TF's `input_sizes`: ndim + 2 entries (full shape) or ndim (spatial)."""
+  if isinstance(input_sizes, jax.core.Tracer):
+    raise TypeError(
+        "input_sizes must be static (a list, tuple, NumPy array or concrete "
+        "array): XLA needs the result shape at compile time, but got a traced "
+        f"value {input_sizes}. Pass it as a Python list, or mark it static "
+        "(e.g. jax.jit(..., static_argnames=...)).")
+  if isinstance(input_sizes, (list, tuple)):
+    entries = list(input_sizes)
+  else:
+    arr = np.asarray(input_sizes)
+    if arr.ndim != 1:
+      raise ValueError(
+          f"input_sizes must be 1-dimensional, got shape {arr.shape}")
+    entries = arr.tolist()
+  if len(entries) not in (ndim, ndim + 2):
+    raise ValueError(f"input_sizes must have {ndim + 2} or {ndim} entries, "
+                     f"got {len(entries)}: {entries}")
+  sizes = []
+  for i, v in enumerate(entries):
+    if i == 0 and len(entries) == ndim + 2 and jax.export.is_symbolic_dim(v):
+      sizes.append(v)  # a symbolic batch; checked against out_backprop later
+      continue
+    v = _int(v, "input_sizes")
+    if not 0 <= v <= INT32_MAX:
+      raise ValueError(f"input_sizes entries must be in [0, {INT32_MAX}], "
+                       f"got {entries}")
+    sizes.append(v)
+  return sizes
+
+
+def parse_window(values, name: str, channels_last: bool, ndim: int,
+                 minimum: int) -> tuple[int, ...]:
+  """Strides or dilations: spatial entries >= minimum, batch/depth == 1."""
+  values = int_list(values, name, ndim + 2)
+  depth = ndim + 1 if channels_last else 1
+  if values[0] != 1 or values[depth] != 1:
+    raise ValueError(f"{name}: current implementation does not support "
+                     f"{name} in the batch and depth dimensions (must be 1), "
+                     f"got {values}")
+  spatial = tuple(v for i, v in enumerate(values) if i not in (0, depth))
+  if any(v < minimum for v in spatial):
+    raise ValueError(f"{name} must be >= {minimum} in the spatial dimensions, "
+                     f"got {values}")
+  return spatial
+
+
+def parse_explicit_paddings(padding: str, explicit_paddings, channels_last: bool,
+                            ndim: int) -> tuple[tuple[int, int], ...]:
+  """TF's flat explicit_paddings -> spatial (before, after) pairs, or ()."""
+  values = int_list(explicit_paddings, "explicit_paddings")
+  if padding != "EXPLICIT":
+    if values:
+      raise ValueError("explicit_paddings attribute must be empty if the "
+                       f"padding attribute is not EXPLICIT, got {values}")
+    return ()
+  if len(values) != 2 * (ndim + 2):
+    raise ValueError(f"explicit_paddings attribute must contain "
+                     f"{2 * (ndim + 2)} values, but got: {len(values)} "
+                     f"({values})")
+  if any(v < 0 for v in values):
+    raise ValueError("All elements of explicit_paddings must be nonnegative, "
+                     f"got {values}")
+  depth = ndim + 1 if channels_last else 1
+  pairs = [tuple(values[2 * i:2 * i + 2]) for i in range(ndim + 2)]
+  if any(pairs[0]) or any(pairs[depth]):
+    raise ValueError("Nonzero explicit padding in the batch or depth "
+                     f"dimensions is not supported, got {values}")
+  return tuple(p for i, p in enumerate(pairs) if i not in (0, depth))
+
+
+def make_spec(input_sizes, filt, out_backprop, strides, padding,
+              explicit_paddings, data_format, dilations) -> ConvSpec:
+  """Validate TF's attributes against the operands; return the spec."""
+  n = filt.ndim - 2
+  if n not in DATA_FORMATS:
+    raise ValueError(f"filter must be 3- to 5-dimensional ([*spatial, in, out])"
+                     f", got shape {filt.shape}")
+  if out_backprop.ndim != n + 2:
+    raise ValueError(f"out_backprop must be {n + 2}-dimensional like filter, "
+                     f"got shape {out_backprop.shape}")
+  if filt.dtype != out_backprop.dtype:
+    raise TypeError("filter and out_backprop must have the same dtype, got "
+                    f"{filt.dtype} and {out_backprop.dtype}")
+  channels_last = parse_data_format(data_format, n)
+  if padding not in PADDINGS:
+    raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+  sizes = parse_input_sizes(input_sizes, n)
+  window_strides = parse_window(strides, "strides", channels_last, n, 1)
+  window_dilations = parse_window(dilations, "dilations", channels_last, n, 1)
+  explicit = parse_explicit_paddings(padding, explicit_paddings,
+                                     channels_last, n)
+
+  batch = out_backprop.shape[0]
+  kernel, filt_in = filt.shape[:n], filt.shape[n]
+  if len(sizes) == n:
+    spatial, depth = tuple(sizes), filt_in
+  else:
+    depth = sizes[-1] if channels_last else sizes[1]
+    spatial = tuple(sizes[1:-1] if channels_last else sizes[2:])
+    if sizes[0] != batch:
+      raise ValueError(
+          "input and out_backprop must have the same batch size, input batch: "
+          f"{sizes[0]} outbackprop batch: {batch} batch_dim: 0")
+  if filt_in <= 0:
+    raise ValueError(f"filter in_depth (filter.shape[{n}]) must be positive, "
+                     f"got filter shape {filt.shape}")
+  if depth % filt_in:
+    raise ValueError(
+        f"input depth must be evenly divisible by filter depth: input depth "
+        f"{depth}, filter depth {filt_in} (input_sizes {sizes}, filter shape "
+        f"{filt.shape})")
+  groups = depth // filt_in
+  if filt.shape[n + 1] % groups:
+    raise ValueError(
+        f"filter out_depth {filt.shape[n + 1]} must be divisible by the number "
+        f"of groups {groups} (input depth {depth} / filter depth {filt_in})")
+  pads = tuple(
+      forward_padding(padding, i, k, s, d, p) for i, k, s, d, p in zip(
+          spatial, kernel, window_strides, window_dilations,
+          explicit or [(0, 0)] * n))
+  return ConvSpec(input_spatial=spatial, strides=window_strides,
+                  dilations=window_dilations, padding=pads, groups=groups,
+                  channels_last=channels_last)

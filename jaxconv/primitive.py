@@ -1,0 +1,86 @@
+"""The `conv_backprop_input` primitive: shape rule, eager impl, registration.
+
+The primitive takes (filter, out_backprop) and one parameter, a
+`lowering.ConvSpec`.  The JVP, transposes and batching live in
+`jaxconv.rules`; the StableHLO lowerings in the `lowering` package.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import mlir
+
+import lowering
+from lowering.geometry import ConvSpec, effective_size
+
+conv_backprop_input_p = Primitive("conv_backprop_input")
+
+SUPPORTED_DTYPES = tuple(
+    np.dtype(d) for d in ("float16", "bfloat16", "float32", "float64", "int32"))
+
+
+def conv_backprop_input(filt, out_backprop, spec: ConvSpec):
+  """Bind the primitive (inputs already validated by the API layer)."""
+  return conv_backprop_input_p.bind(filt, out_backprop, spec=spec)
+
+
+def _shape_rule(filt, dy, spec: ConvSpec):
+  """Result shape, with TF's shape checks (raises ValueError)."""
+  n = spec.ndim
+  if filt.ndim != n + 2:
+    raise ValueError(f"filter must be {n + 2}-dimensional, got shape {filt.shape}")
+  if dy.ndim != n + 2:
+    raise ValueError(
+        f"out_backprop must be {n + 2}-dimensional, got shape {dy.shape}")
+  kernel, filt_in, filt_out = filt.shape[:n], filt.shape[n], filt.shape[n + 1]
+  dy_depth = dy.shape[spec.feature_axis]
+  if filt_out != dy_depth:
+    raise ValueError(
+        "filter and out_backprop must have the same out_depth: filter "
+        f"out_depth {filt_out}, out_backprop depth {dy_depth} (filter shape "
+        f"{filt.shape}, out_backprop shape {dy.shape})")
+  if spec.groups < 1 or filt_out % spec.groups:
+    raise ValueError(
+        f"filter out_depth {filt_out} must be divisible by the group count "
+        f"{spec.groups}")
+  for dim, (k, s, d) in enumerate(zip(kernel, spec.strides, spec.dilations)):
+    if k < 0 or s < 1 or d < 1:
+      raise ValueError(f"invalid window in spatial dim {dim}: filter {k}, "
+                       f"stride {s}, dilation {d}")
+  computed = spec.out_backprop_spatial(kernel)
+  actual = tuple(dy.shape[a] for a in spec.spatial_axes)
+  for dim, (i, k, s, d, o, got) in enumerate(zip(
+      spec.input_spatial, kernel, spec.strides, spec.dilations, computed,
+      actual)):
+    if o < 0:
+      raise ValueError(
+          f"Computed output size would be negative: {o} [input_size: {i}, "
+          f"effective_filter_size: {effective_size(k, d)}, stride: {s}] "
+          f"(spatial dim {dim})")
+    if got != o:
+      raise ValueError(
+          "Size of out_backprop doesn't match computed: actual = "
+          f"{got}, computed = {o} spatial_dim: {spec.spatial_axes[dim]} "
+          f"input: {i} filter: {k} output: {got} stride: {s} dilation: {d}")
+  return spec.activation_shape(dy.shape[0], filt_in * spec.groups,
+                               spec.input_spatial)
+
+
+def _abstract_eval(filt, dy, *, spec: ConvSpec):
+  if filt.dtype != dy.dtype:
+    raise TypeError("filter and out_backprop must have the same dtype, got "
+                    f"{filt.dtype} and {dy.dtype}")
+  if filt.dtype not in SUPPORTED_DTYPES:
+    raise TypeError(f"filter dtype {filt.dtype} is not supported; expected one "
+                    f"of {', '.join(map(str, SUPPORTED_DTYPES))}")
+  return jax.core.ShapedArray(_shape_rule(filt, dy, spec), filt.dtype)
+
+
+# Eager calls compile the primitive once per (spec, shapes, dtypes).
+_eager = jax.jit(conv_backprop_input, static_argnames="spec")
+
+conv_backprop_input_p.def_abstract_eval(_abstract_eval)
+conv_backprop_input_p.def_impl(lambda f, dy, *, spec: _eager(f, dy, spec=spec))
+for _platform, _rule in lowering.platform_rules().items():
+  mlir.register_lowering(conv_backprop_input_p, _rule, platform=_platform)

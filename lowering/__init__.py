@@ -1,0 +1,22 @@
+"""Back end: StableHLO lowerings of the backprop-input primitive.
+
+`platform_rules()` tells the front end which rule to register for which
+platform; the front end never needs to know how a platform lowers.
+"""
+from functools import partial
+
+from lowering import canonical
+from lowering.geometry import ConvSpec
+
+__all__ = ["ConvSpec", "platform_rules"]
+
+
+def platform_rules():
+  """{platform (None = every other platform): lowering rule}."""
+  return {
+      # GPU/TPU: the canonical form, which cuDNN / the TPU compiler recognise
+      # and which accumulate half precision in float32 in hardware.
+      None: canonical.lower,
+      # CPU: the canonical form, with float32 accumulation made explicit.
+      "cpu": partial(canonical.lower, accumulate_f32=True),
+  }

@@ -1,0 +1,59 @@
+"""Test helpers: run a TF-style config through jaxconv and the reference."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+import jaxconv
+from lowering.geometry import forward_padding
+from tests import reference
+
+# Max abs error allowed relative to the result's scale, per dtype.
+RTOL = {"float64": 1e-12, "float32": 2e-6, "float16": 2e-3, "bfloat16": 1.6e-2,
+        "int32": 0}
+
+
+def spatial(values, data_format):
+  return list(values[1:-1]) if data_format.endswith("C") else list(values[2:])
+
+
+def run_op(cfg, filt, dy):
+  dtype = jnp.dtype(cfg["dtype"])
+  return jaxconv.raw_ops.Conv2DBackpropInput(
+      input_sizes=cfg["input_sizes"], filter=jnp.asarray(filt, dtype),
+      out_backprop=jnp.asarray(dy, dtype), strides=cfg["strides"],
+      padding=cfg["padding"], explicit_paddings=cfg["explicit_paddings"],
+      data_format=cfg["data_format"], dilations=cfg["dilations"])
+
+
+def run_reference(cfg, filt, dy):
+  """Float64 (or wrapped int32) reference, padding from the geometry module."""
+  fmt = cfg["data_format"]
+  sizes = cfg["input_sizes"]
+  in_spatial = sizes if len(sizes) == 2 else spatial(sizes, fmt)
+  in_depth = filt.shape[2] if len(sizes) == 2 else (
+      sizes[-1] if fmt == "NHWC" else sizes[1])
+  strides, dilations = spatial(cfg["strides"], fmt), spatial(cfg["dilations"], fmt)
+  pads = cfg["explicit_paddings"]
+  explicit = spatial([pads[2 * i:2 * i + 2] for i in range(4)], fmt) if pads else [
+      (0, 0)] * 2
+  pads_before = [
+      forward_padding(cfg["padding"], i, k, s, d, e)[0] for i, k, s, d, e in zip(
+          in_spatial, filt.shape[:2], strides, dilations, explicit)]
+  return reference.backprop_input(
+      filt, dy, input_spatial=in_spatial, strides=strides, dilations=dilations,
+      pads_before=pads_before, groups=in_depth // filt.shape[2],
+      channels_last=fmt == "NHWC")
+
+
+def assert_close(actual, expected, dtype: str, context=""):
+  """Max error within RTOL[dtype] times the expected result's scale."""
+  actual = np.asarray(actual)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape, context)
+  if dtype == "int32":
+    np.testing.assert_array_equal(actual, expected, err_msg=str(context))
+    return 0.0
+  err = float(np.max(np.abs(actual.astype(np.float64) - expected), initial=0))
+  scale = max(1.0, float(np.max(np.abs(expected), initial=0)))
+  assert err <= RTOL[dtype] * scale, (err, scale, context)
+  return err
