@@ -145,16 +145,14 @@ def parse_explicit_paddings(padding: str, explicit_paddings, channels_last: bool
   return tuple(p for i, p in enumerate(pairs) if i not in (0, depth))
 
 
-def make_spec(input_sizes, filt, out_backprop, strides, padding,
+def make_spec(ndim: int, input_sizes, filt, out_backprop, strides, padding,
               explicit_paddings, data_format, dilations) -> ConvSpec:
   """Validate TF's attributes against the operands; return the spec."""
-  n = filt.ndim - 2
-  if n not in DATA_FORMATS:
-    raise ValueError(f"filter must be 3- to 5-dimensional ([*spatial, in, out])"
-                     f", got shape {filt.shape}")
-  if out_backprop.ndim != n + 2:
-    raise ValueError(f"out_backprop must be {n + 2}-dimensional like filter, "
-                     f"got shape {out_backprop.shape}")
+  n = ndim
+  for name, x in (("filter", filt), ("out_backprop", out_backprop)):
+    if x.ndim != n + 2:
+      raise ValueError(f"{name} must be {n + 2}-dimensional, got shape "
+                       f"{tuple(x.shape)}")
   if filt.dtype != out_backprop.dtype:
     raise TypeError("filter and out_backprop must have the same dtype, got "
                     f"{filt.dtype} and {out_backprop.dtype}")
@@ -187,6 +185,9 @@ def make_spec(input_sizes, filt, out_backprop, strides, padding,
         f"{depth}, filter depth {filt_in} (input_sizes {sizes}, filter shape "
         f"{filt.shape})")
   groups = depth // filt_in
+  if groups == 0:
+    raise ValueError(f"input depth must be positive (a multiple of the filter "
+                     f"depth {filt_in}), got input_sizes {sizes}")
   if filt.shape[n + 1] % groups:
     raise ValueError(
         f"filter out_depth {filt.shape[n + 1]} must be divisible by the number "

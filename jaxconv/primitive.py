@@ -45,9 +45,12 @@ def _shape_rule(filt, dy, spec: ConvSpec):
         f"filter out_depth {filt_out} must be divisible by the group count "
         f"{spec.groups}")
   for dim, (k, s, d) in enumerate(zip(kernel, spec.strides, spec.dilations)):
-    if k < 0 or s < 1 or d < 1:
-      raise ValueError(f"invalid window in spatial dim {dim}: filter {k}, "
-                       f"stride {s}, dilation {d}")
+    # TF fails inside its kernel on a 0-tap filter; we say so up front.
+    if k < 1 or s < 1 or d < 1:
+      raise ValueError(
+          f"filter spatial sizes, strides and dilations must be >= 1, got "
+          f"filter {k}, stride {s}, dilation {d} in spatial dim {dim} (filter "
+          f"shape {filt.shape})")
   computed = spec.out_backprop_spatial(kernel)
   actual = tuple(dy.shape[a] for a in spec.spatial_axes)
   for dim, (i, k, s, d, o, got) in enumerate(zip(
