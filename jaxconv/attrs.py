@@ -81,6 +81,9 @@ def parse_input_sizes(input_sizes, ndim: int) -> list:
         "array): XLA needs the result shape at compile time, but got a traced "
         f"value {input_sizes}. Pass it as a Python list, or mark it static "
         "(e.g. jax.jit(..., static_argnames=...)).")
+  if isinstance(input_sizes, (str, bytes)):
+    raise TypeError(f"input_sizes must be a vector of integers, got "
+                    f"{input_sizes!r}")
   if isinstance(input_sizes, (list, tuple)):
     entries = list(input_sizes)
   else:
