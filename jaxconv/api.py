@@ -48,8 +48,9 @@ def Conv2DBackpropInput(*, input_sizes, filter, out_backprop, strides,  # noqa: 
     raise TypeError(f"use_cudnn_on_gpu must be a bool, got {use_cudnn_on_gpu!r}")
   filt = attrs.as_operand(filter, "filter")
   dy = attrs.as_operand(out_backprop, "out_backprop")
-  spec = attrs.make_spec(2, input_sizes, filt, dy, strides, padding,
-                         explicit_paddings, data_format, dilations)
+  attrs.check_operands(2, filt, dy)
+  spec = attrs.make_spec(2, input_sizes, filt.shape, dy.shape[0], strides,
+                         padding, explicit_paddings, data_format, dilations)
   return conv_backprop_input(filt, dy, spec)
 
 

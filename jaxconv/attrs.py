@@ -148,17 +148,21 @@ def parse_explicit_paddings(padding: str, explicit_paddings, channels_last: bool
   return tuple(p for i, p in enumerate(pairs) if i not in (0, depth))
 
 
-def make_spec(ndim: int, input_sizes, filt, out_backprop, strides, padding,
-              explicit_paddings, data_format, dilations) -> ConvSpec:
-  """Validate TF's attributes against the operands; return the spec."""
-  n = ndim
+def check_operands(ndim: int, filt, out_backprop) -> None:
+  """Ranks and matching dtypes of the two array operands."""
   for name, x in (("filter", filt), ("out_backprop", out_backprop)):
-    if x.ndim != n + 2:
-      raise ValueError(f"{name} must be {n + 2}-dimensional, got shape "
+    if x.ndim != ndim + 2:
+      raise ValueError(f"{name} must be {ndim + 2}-dimensional, got shape "
                        f"{tuple(x.shape)}")
   if filt.dtype != out_backprop.dtype:
     raise TypeError("filter and out_backprop must have the same dtype, got "
                     f"{filt.dtype} and {out_backprop.dtype}")
+
+
+def make_spec(ndim: int, input_sizes, filter_shape, batch, strides, padding,
+              explicit_paddings, data_format, dilations) -> ConvSpec:
+  """Validate TF's attributes against the filter shape and batch size."""
+  n = ndim
   channels_last = parse_data_format(data_format, n)
   if padding not in PADDINGS:
     raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
@@ -168,8 +172,8 @@ def make_spec(ndim: int, input_sizes, filt, out_backprop, strides, padding,
   explicit = parse_explicit_paddings(padding, explicit_paddings,
                                      channels_last, n)
 
-  batch = out_backprop.shape[0]
-  kernel, filt_in = filt.shape[:n], filt.shape[n]
+  filter_shape = tuple(filter_shape)
+  kernel, filt_in, filt_out = filter_shape[:n], filter_shape[n], filter_shape[n + 1]
   if len(sizes) == n:
     spatial, depth = tuple(sizes), filt_in
   else:
@@ -181,19 +185,19 @@ def make_spec(ndim: int, input_sizes, filt, out_backprop, strides, padding,
           f"{sizes[0]} outbackprop batch: {batch} batch_dim: 0")
   if filt_in <= 0:
     raise ValueError(f"filter in_depth (filter.shape[{n}]) must be positive, "
-                     f"got filter shape {filt.shape}")
+                     f"got filter shape {filter_shape}")
   if depth % filt_in:
     raise ValueError(
         f"input depth must be evenly divisible by filter depth: input depth "
         f"{depth}, filter depth {filt_in} (input_sizes {sizes}, filter shape "
-        f"{filt.shape})")
+        f"{filter_shape})")
   groups = depth // filt_in
   if groups == 0:
     raise ValueError(f"input depth must be positive (a multiple of the filter "
                      f"depth {filt_in}), got input_sizes {sizes}")
-  if filt.shape[n + 1] % groups:
+  if filt_out % groups:
     raise ValueError(
-        f"filter out_depth {filt.shape[n + 1]} must be divisible by the number "
+        f"filter out_depth {filt_out} must be divisible by the number "
         f"of groups {groups} (input depth {depth} / filter depth {filt_in})")
   pads = tuple(
       forward_padding(padding, i, k, s, d, p) for i, k, s, d, p in zip(

@@ -6,6 +6,8 @@ The primitive takes (filter, out_backprop) and one parameter, a
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from jax.extend.core import Primitive
@@ -80,10 +82,16 @@ def _abstract_eval(filt, dy, *, spec: ConvSpec):
   return jax.core.ShapedArray(_shape_rule(filt, dy, spec), filt.dtype)
 
 
-# Eager calls compile the primitive once per (spec, shapes, dtypes).
-_eager = jax.jit(conv_backprop_input, static_argnames="spec")
+def def_eager_impl(prim: Primitive) -> None:
+  """Eager calls compile `prim` once per (params, shapes, dtypes)."""
+  @functools.partial(jax.jit, static_argnames="params")
+  def bind(*args, params):
+    return prim.bind(*args, **dict(params))
+  prim.def_impl(lambda *args, **params: bind(
+      *args, params=tuple(sorted(params.items()))))
+
 
 conv_backprop_input_p.def_abstract_eval(_abstract_eval)
-conv_backprop_input_p.def_impl(lambda f, dy, *, spec: _eager(f, dy, spec=spec))
+def_eager_impl(conv_backprop_input_p)
 for _platform, _rule in lowering.platform_rules().items():
   mlir.register_lowering(conv_backprop_input_p, _rule, platform=_platform)
