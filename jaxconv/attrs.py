@@ -182,7 +182,10 @@ def make_spec(ndim: int, input_sizes, filter_shape, batch, strides, padding,
     if sizes[0] != batch:
       raise ValueError(
           "input and out_backprop must have the same batch size, input batch: "
-          f"{sizes[0]} outbackprop batch: {batch} batch_dim: 0")
+          f"{sizes[0]} outbackprop batch: {batch} batch_dim: 0" + (
+              " (with a symbolic batch, put the same dimension in "
+              "input_sizes[0] or give 2-entry input_sizes)" if any(
+                  map(jax.export.is_symbolic_dim, (sizes[0], batch))) else ""))
   if filt_in <= 0:
     raise ValueError(f"filter in_depth (filter.shape[{n}]) must be positive, "
                      f"got filter shape {filter_shape}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.export
 import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
@@ -35,6 +36,10 @@ def _shape_rule(filt, dy, spec: ConvSpec):
   if dy.ndim != n + 2:
     raise ValueError(
         f"out_backprop must be {n + 2}-dimensional, got shape {dy.shape}")
+  if any(map(jax.export.is_symbolic_dim, (*filt.shape, *dy.shape[1:]))):
+    raise ValueError(
+        "only the batch dimension of out_backprop may be symbolic, got filter "
+        f"shape {filt.shape} and out_backprop shape {dy.shape}")
   kernel, filt_in, filt_out = filt.shape[:n], filt.shape[n], filt.shape[n + 1]
   dy_depth = dy.shape[spec.feature_axis]
   if filt_out != dy_depth:

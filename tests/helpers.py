@@ -6,7 +6,7 @@ import numpy as np
 
 import jaxconv
 from lowering.geometry import forward_padding
-from tests import reference
+from jaxconv import reference
 
 # Max abs error allowed relative to the result's scale, per dtype.
 RTOL = {"float64": 1e-12, "float32": 2e-6, "float16": 2e-3, "bfloat16": 1.6e-2,

@@ -53,7 +53,7 @@ class CanonicalFormTest(parameterized.TestCase):
   def test_gpu_tpu_emit_exactly_the_canonical_form(self, platform, fmt, strides,
                                                    dilations, groups, dtype):
     text = exported_text(platform, dtype, fmt, strides, dilations, groups)
-    self.assertNotIn("custom_call", text)
+    self.assertNotIn("stablehlo.custom_call", text)
     conv, = convolutions(text)
     # dy and result in the data format; filter [*spatial, o, i] (in/out swapped).
     act = "[b, 0, 1, f]" if fmt == "NHWC" else "[b, f, 0, 1]"

@@ -1,5 +1,8 @@
 """Independent float64 NumPy definition of the op: a direct sum over taps.
 
+Used by the tests and by `jaxconv export --check`; it shares nothing with
+the implementation but the padding geometry.
+
 dx[n, i, g*Ci + c] = sum over taps t, output positions o with
 i = o * stride - pad_before + t * dilation, and out-channels m of group g:
 dy[n, o, m] * w[t, c, m].  No convolution routine is used.

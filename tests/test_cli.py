@@ -1,0 +1,101 @@
+"""The `jaxconv` command line: default job, flags, --help, errors, artifacts."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from jax import export
+
+from jaxconv import cli
+
+
+def run(capsys, *argv):
+  try:
+    code = cli.main(list(argv))
+  except SystemExit as e:
+    code = e.code
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def test_default_job_as_a_module():
+  # The README's first command: no flags at all.
+  proc = subprocess.run([sys.executable, "-m", "jaxconv"], capture_output=True,
+                        text=True, timeout=300, check=True)
+  assert "stablehlo.convolution" in proc.stdout
+  assert "tensor<8x64x64x64xf32>" in proc.stdout  # the U-Net decoder layer
+  assert "lhs_dilate = [2, 2]" in proc.stdout
+
+
+def test_flags_named_after_tf_attributes(capsys):
+  code, out, _ = run(capsys, "export", "--input-sizes", "2,4,7,7",
+                     "--filter-sizes", "3,3,4,6", "--strides", "1,1,2,2",
+                     "--padding", "EXPLICIT", "--explicit-paddings",
+                     "0,0,0,0,4,1,1,1", "--data-format", "NCHW", "--dilations",
+                     "1,1,1,1", "--dtype", "float64")
+  assert code == 0
+  assert "-> (tensor<2x4x7x7xf64>" in out
+  assert "[b, f, 0, 1]x[0, 1, o, i]->[b, f, 0, 1]" in out
+
+
+def test_check_reports_max_error(capsys):
+  code, _, err = run(capsys, "export", "--input-sizes", "1,7,7,8",
+                     "--filter-sizes", "3,3,8,16", "--check")
+  assert code == 0
+  err_value = float(err.split("max abs error ")[1].split()[0])
+  assert err_value < 1e-4
+
+
+def test_help_documents_every_flag(capsys):
+  code, out, _ = run(capsys, "export", "--help")
+  assert code == 0
+  for flag in ("--input-sizes", "--filter-sizes", "--strides", "--padding",
+               "--explicit-paddings", "--data-format", "--dilations", "--dtype",
+               "--batch", "--platforms", "--grad", "--format", "--output",
+               "--check", "examples:"):
+    assert flag in out
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--strides", "1,0,2,1"], "--strides: strides must be >= 1"),
+    (["--strides", "x"], "expected comma-separated integers"),
+    (["--padding", "FULL"], "--padding: padding must be one of"),
+    (["--data-format", "NWHC"], "--data-format: data_format must be one of"),
+    (["--input-sizes", "8,64,64"], "--input-sizes: input_sizes must have 4 or 2"),
+    (["--filter-sizes", "3,3,64"], "--filter-sizes must have 4 entries"),
+    (["--dtype", "complex64"], "--dtype must be one of"),
+    (["--platforms", "cpu,gpu"], "--platforms: unknown platform(s) ['gpu']"),
+    (["--format", "serialized"], "needs -o/--output"),
+    (["--grad", "--dtype", "int32"], "--grad: int32 has no gradient"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_flags_give_one_line_errors(capsys, argv, fragment):
+  code, out, err = run(capsys, "export", *argv)
+  assert code == 2
+  lines = [l for l in err.splitlines() if not l.startswith("exporting")]
+  assert len(lines) == 1 and fragment in lines[0], err
+  assert "Traceback" not in err
+
+
+def test_serialized_artifact_with_batch_platforms_and_grad(capsys, tmp_path):
+  path = tmp_path / "up.bin"
+  code, _, _ = run(capsys, "export", "--input-sizes", "16,16", "--filter-sizes",
+                   "3,3,4,8", "--batch", "N", "--platforms", "cpu,cuda,rocm,tpu",
+                   "--grad", "--format", "serialized", "-o", str(path))
+  assert code == 0
+  exp = export.deserialize(path.read_bytes())
+  assert exp.platforms == ("cpu", "cuda", "rocm", "tpu")
+  assert str(exp.in_avals[1].shape[0]) == "N"
+  w = np.ones((3, 3, 4, 8), np.float32)
+  dy = np.ones((5, 8, 8, 8), np.float32)
+  ct = np.ones((5, 16, 16, 4), np.float32)
+  out, d_w, d_dy = exp.call(w, dy, ct)
+  assert out.shape == (5, 16, 16, 4) and d_w.shape == w.shape
+  assert d_dy.shape == dy.shape
+
+
+def test_text_to_file(capsys, tmp_path):
+  path = tmp_path / "up.mlir"
+  code, out, err = run(capsys, "export", "-o", str(path))
+  assert code == 0 and out == "" and f"wrote {path}" in err
+  assert "stablehlo.convolution" in path.read_text()
