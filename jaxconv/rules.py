@@ -65,6 +65,8 @@ def _batch_rule(args, dims, *, spec: ConvSpec):
                                             filt.shape[-1])
     out = conv_backprop_input(filt, dy, spec)
     out = out.reshape(*out.shape[:c], spec.groups, b, -1, *out.shape[c + 1:])
+    if spec.groups == 1:  # leave the batch where it is: no transpose here
+      return out.reshape(*out.shape[:c], b, -1, *out.shape[c + 3:]), c
     out = jnp.moveaxis(out, c + 1, 0)
     return out.reshape(*out.shape[:c + 1], -1, *out.shape[c + 3:]), 0
   # Both batched: b independent problems as b * groups feature groups.
@@ -73,8 +75,7 @@ def _batch_rule(args, dims, *, spec: ConvSpec):
   filt = jnp.moveaxis(filt, 0, n + 1).reshape(*filt.shape[1:n + 2], -1)
   out = conv_backprop_input(
       filt, dy, ConvSpec(**{**spec.__dict__, "groups": b * spec.groups}))
-  out = out.reshape(*out.shape[:c], b, -1, *out.shape[c + 1:])
-  return jnp.moveaxis(out, c, 0), 0
+  return out.reshape(*out.shape[:c], b, -1, *out.shape[c + 1:]), c
 
 
 def _batch_via_lax(impl, args, dims, **params):
