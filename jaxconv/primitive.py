@@ -7,6 +7,8 @@ The primitive takes (filter, out_backprop) and one parameter, a
 from __future__ import annotations
 
 import functools
+import math
+import os
 
 import jax
 import jax.export
@@ -67,7 +69,8 @@ def _shape_rule(filt, dy, spec: ConvSpec):
       raise ValueError(
           f"Computed output size would be negative: {o} [input_size: {i}, "
           f"effective_filter_size: {effective_size(k, d)}, stride: {s}] "
-          f"(spatial dim {dim})")
+          f"(spatial dim {dim} of input_sizes, filter, strides, dilations "
+          "and padding)")
     if got != o:
       raise ValueError(
           "Size of out_backprop doesn't match computed: actual = "
@@ -77,6 +80,27 @@ def _shape_rule(filt, dy, spec: ConvSpec):
                                spec.input_spatial)
 
 
+@functools.cache
+def device_memory_bytes() -> int:
+  """Memory of the default device (physical RAM for a CPU)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_allocatable(shape, dtype) -> None:
+  """An impossible result is a ValueError here, not an OOM kill later."""
+  if any(map(jax.export.is_symbolic_dim, shape)):
+    return
+  nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+  if nbytes > device_memory_bytes():
+    raise ValueError(
+        f"the result of shape {tuple(shape)} ({dtype}) needs {nbytes:,} bytes, "
+        f"more than the device has ({device_memory_bytes():,} bytes); check "
+        "input_sizes and strides")
+
+
 def _abstract_eval(filt, dy, *, spec: ConvSpec):
   if filt.dtype != dy.dtype:
     raise TypeError("filter and out_backprop must have the same dtype, got "
@@ -84,7 +108,9 @@ def _abstract_eval(filt, dy, *, spec: ConvSpec):
   if filt.dtype not in SUPPORTED_DTYPES:
     raise TypeError(f"filter dtype {filt.dtype} is not supported; expected one "
                     f"of {', '.join(map(str, SUPPORTED_DTYPES))}")
-  return jax.core.ShapedArray(_shape_rule(filt, dy, spec), filt.dtype)
+  shape = _shape_rule(filt, dy, spec)
+  _check_allocatable(shape, filt.dtype)
+  return jax.core.ShapedArray(shape, filt.dtype)
 
 
 def def_eager_impl(prim: Primitive) -> None:

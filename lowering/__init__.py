@@ -3,12 +3,11 @@
 `platform_rules()` tells the front end which rule to register for which
 platform; the front end never needs to know how a platform lowers.
 """
-from functools import partial
-
-from lowering import canonical
+from lowering import canonical, cpu
+from lowering.cpu import force_strategy
 from lowering.geometry import ConvSpec
 
-__all__ = ["ConvSpec", "platform_rules"]
+__all__ = ["ConvSpec", "force_strategy", "platform_rules"]
 
 
 def platform_rules():
@@ -17,6 +16,6 @@ def platform_rules():
       # GPU/TPU: the canonical form, which cuDNN / the TPU compiler recognise
       # and which accumulate half precision in float32 in hardware.
       None: canonical.lower,
-      # CPU: the canonical form, with float32 accumulation made explicit.
-      "cpu": partial(canonical.lower, accumulate_f32=True),
+      # CPU: a strategy chosen per configuration (see lowering/cpu.py).
+      "cpu": cpu.lower,
   }

@@ -25,11 +25,10 @@ def lower(ctx, filt, dy, *, spec: ConvSpec, accumulate_f32: bool = False):
   accumulate_f32: give the convolution a float32 result for float16/bfloat16
   operands and round once at the end (explicit float32 accumulation).
   """
-  filt_aval, dy_aval = ctx.avals_in
+  filt_aval, _ = ctx.avals_in
   out_aval, = ctx.avals_out
-  if _is_empty(filt_aval.shape) or _is_empty(dy_aval.shape) or _is_empty(
-      out_aval.shape):
-    return _zeros(ctx, filt, dy)
+  if is_empty(ctx):
+    return zeros(ctx, filt, dy)
 
   n = spec.ndim
   kernel = filt_aval.shape[:n]
@@ -101,11 +100,13 @@ def _grouped_filter(ctx, filt, aval, groups: int):
   return hlo.reshape(ir_type(ctx, merged), x)
 
 
-def _is_empty(shape) -> bool:
-  return any(isinstance(d, (int, np.integer)) and d == 0 for d in shape)
+def is_empty(ctx) -> bool:
+  """Whether an operand or the result has a (static) zero-size dimension."""
+  return any(isinstance(d, (int, np.integer)) and d == 0
+             for aval in (*ctx.avals_in, *ctx.avals_out) for d in aval.shape)
 
 
-def _zeros(ctx, filt, dy):
+def zeros(ctx, filt, dy):
   """Result of an op with nothing to sum (an empty operand or result)."""
   out_aval, = ctx.avals_out
 

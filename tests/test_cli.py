@@ -32,7 +32,7 @@ def test_flags_named_after_tf_attributes(capsys):
                      "--filter-sizes", "3,3,4,6", "--strides", "1,1,2,2",
                      "--padding", "EXPLICIT", "--explicit-paddings",
                      "0,0,0,0,4,1,1,1", "--data-format", "NCHW", "--dilations",
-                     "1,1,1,1", "--dtype", "float64")
+                     "1,1,1,1", "--dtype", "float64", "--platforms", "tpu")
   assert code == 0
   assert "-> (tensor<2x4x7x7xf64>" in out
   assert "[b, f, 0, 1]x[0, 1, o, i]->[b, f, 0, 1]" in out

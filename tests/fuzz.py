@@ -1,0 +1,103 @@
+"""Fuzz campaigns over the raw op, runnable in a child process.
+
+    python -m tests.fuzz --valid 200 --invalid 1000 [--seed 0] [--log FILE]
+
+valid:   random valid configurations agree with the float64 reference
+         within the per-dtype tolerance, with the right shape and dtype;
+invalid: random always-invalid calls raise ValueError or TypeError whose
+         message names an argument, never anything else.
+Before each case the log file gets its description, so a parent process
+that sees this one die (abort, segfault, OOM kill) can say which case did it.
+Prints 'fuzz: N passed, 0 failed' style summary lines.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+from hypothesis import HealthCheck, given, seed, settings
+
+from tests.helpers import assert_close, run_op, run_reference
+from tests.strategies import ARG_NAMES, invalid_calls, raw_kwargs, valid_configs
+
+import jaxconv
+
+
+def check_valid(cfg) -> None:
+  kw = raw_kwargs(cfg)
+  out = run_op(cfg, kw["filter"], kw["out_backprop"])
+  assert str(out.dtype) == cfg["dtype"], (out.dtype, cfg)
+  assert_close(out, run_reference(cfg, kw["filter"], kw["out_backprop"]),
+               cfg["dtype"], cfg)
+
+
+def check_invalid(kw, what) -> None:
+  try:
+    jaxconv.raw_ops.Conv2DBackpropInput(**kw)
+  except (ValueError, TypeError) as e:
+    message = str(e)
+    assert any(name in message for name in ARG_NAMES), (what, message)
+    return
+  raise AssertionError(f"no error for an invalid {what}: {kw}")
+
+
+def _describe(kw):
+  return {k: (getattr(v, "shape", None), str(getattr(v, "dtype", ""))) if
+          hasattr(v, "shape") else v for k, v in kw.items()}
+
+
+def run(valid: int, invalid: int, seed_value: int, log_path: str | None) -> int:
+  log = open(log_path, "a", buffering=1) if log_path else None
+  counts = {"valid": 0, "invalid": 0}
+  common = dict(database=None, deadline=None, derandomize=False,
+                suppress_health_check=list(HealthCheck))
+
+  @seed(seed_value)
+  @settings(max_examples=valid, **common)
+  @given(valid_configs())
+  def valid_campaign(cfg):
+    if log:
+      log.write(f"valid {cfg}\n")
+    check_valid(cfg)
+    counts["valid"] += 1
+
+  @seed(seed_value)
+  @settings(max_examples=invalid, **common)
+  @given(invalid_calls())
+  def invalid_campaign(case):
+    kw, what = case
+    if log:
+      log.write(f"invalid {what} {_describe(kw)}\n")
+    check_invalid(kw, what)
+    counts["invalid"] += 1
+
+  failed = 0
+  for name, campaign in (("valid", valid_campaign),
+                         ("invalid", invalid_campaign)):
+    if not (valid if name == "valid" else invalid):
+      continue
+    try:
+      campaign()
+    except Exception as e:  # noqa: BLE001 - reported, then exit 1
+      failed += 1
+      print(f"fuzz {name}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"fuzz {name}: {counts[name]} cases ran", flush=True)
+  print(f"fuzz: {2 - failed} passed, {failed} failed")
+  return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--valid", type=int, default=200)
+  parser.add_argument("--invalid", type=int, default=1000)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--log", help="append each case here before running it")
+  args = parser.parse_args(argv)
+  jax.config.update("jax_enable_x64", True)
+  return run(args.valid, args.invalid, args.seed, args.log)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
