@@ -1,0 +1,131 @@
+"""Sharded execution checks on 8 simulated CPU devices (run in its own process).
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.sharding_main
+
+tests/test_sharding.py runs this in a child process (the flag must be set
+before JAX starts) and reads the JSON summary it prints last: for each
+CPU strategy and sharding pattern, whether values match one device and the
+collectives in the compiled step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+import jaxconv  # noqa: E402
+import lowering  # noqa: E402
+
+COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "reduce-scatter",
+               "collective-permute")
+SIZES = [16, 16, 16, 8]  # input NHWC; filter [3, 3, 8, 16], stride 2
+
+
+def op(w, dy):
+  return jaxconv.conv2d_backprop_input(SIZES, w, dy, [1, 2, 2, 1], "SAME")
+
+
+def collectives(compiled_text: str) -> dict[str, int]:
+  counts = {}
+  for name in COLLECTIVES:
+    n = len(re.findall(rf"= \S+ {name}(-start)?\(", compiled_text))
+    if n:
+      counts[name] = n
+  return counts
+
+
+def run_pattern(mesh, w, dy, w_spec, dy_spec, fn=op):
+  ws = jax.device_put(w, NamedSharding(mesh, w_spec))
+  dys = jax.device_put(dy, NamedSharding(mesh, dy_spec))
+  f = jax.jit(fn)
+  out = f(ws, dys)
+  text = f.lower(ws, dys).compile().as_text()
+  return out, collectives(text)
+
+
+def check(dtype, strategy) -> dict:
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(rng.standard_normal((3, 3, 8, 16)), dtype)
+  dy = jnp.asarray(rng.standard_normal((16, 8, 8, 16)), dtype)
+  want = op(w, dy)
+  tol = 1e-5 if dtype == jnp.float32 else 1e-12
+  devices = np.array(jax.devices())
+  data = jax.sharding.Mesh(devices, ("data",))
+  grid = jax.sharding.Mesh(devices.reshape(4, 2), ("data", "model"))
+  results = {}
+
+  def record(name, out, counts, expect_spec=None):
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=tol,
+                               atol=tol, err_msg=name)
+    entry = {"collectives": counts}
+    if expect_spec is not None:
+      got = out.sharding.spec
+      assert tuple(got)[:len(expect_spec)] == tuple(expect_spec), (name, got)
+      entry["out_spec"] = str(got)
+    results[name] = entry
+
+  out, c = run_pattern(data, w, dy, P(), P("data"))
+  assert not set(c) & {"all-gather", "all-to-all", "collective-permute"}, c
+  record("data_parallel", out, c, P("data"))
+
+  out, c = run_pattern(data, w, dy, P(None, None, "data", None), P())
+  record("filter_in_channels", out, c, P(None, None, None, "data"))
+
+  out, c = run_pattern(data, w, dy, P(None, None, None, "data"),
+                       P(None, None, None, "data"))
+  record("filter_out_channels_with_dy_channels", out, c)
+
+  out, c = run_pattern(grid, w, dy, P(None, None, None, "model"),
+                       P("data", None, None, "model"))
+  record("2d_data_and_channels", out, c, P("data"))
+
+  # shard_map: each shard calls the op on its local batch (2-entry sizes).
+  def local(w, dy):
+    return jaxconv.conv2d_backprop_input(SIZES[1:3], w, dy, [1, 2, 2, 1],
+                                         "SAME")
+  mapped = jax.shard_map(local, mesh=data, in_specs=(P(), P("data")),
+                         out_specs=P("data"))
+  out, c = run_pattern(data, w, dy, P(), P("data"), fn=mapped)
+  record("shard_map", out, c, P("data"))
+
+  # Data-parallel training step: the filter gradient is one all-reduce.
+  ct = jnp.asarray(rng.standard_normal(want.shape), dtype)
+  def grads(w, dy):
+    return jax.grad(lambda w, dy: jnp.vdot(op(w, dy), ct), argnums=(0, 1))(w, dy)
+  want_g = grads(w, dy)
+  (gw, gdy), c = run_pattern(data, w, dy, P(), P("data"), fn=grads)
+  for a, b in ((gw, want_g[0]), (gdy, want_g[1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol * 10,
+                               atol=tol * 10)
+  assert c.get("all-reduce", 0) == 1 and not set(c) - {"all-reduce"}, c
+  assert tuple(gdy.sharding.spec)[:1] == ("data",), gdy.sharding.spec
+  results["data_parallel_grads"] = {"collectives": c,
+                                    "d_out_backprop_spec": str(gdy.sharding.spec)}
+  return results
+
+
+def main() -> int:
+  assert jax.device_count() == 8, jax.devices()
+  jax.config.update("jax_enable_x64", True)
+  summary = {}
+  for dtype in (jnp.float32, jnp.float64):
+    for strategy in lowering.cpu.STRATEGIES:
+      jax.clear_caches()
+      with lowering.force_strategy(strategy):
+        key = f"{jnp.dtype(dtype).name}/{strategy}"
+        print(f"checking {key} ...", file=sys.stderr, flush=True)
+        summary[key] = check(dtype, strategy)
+  print(json.dumps(summary))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
