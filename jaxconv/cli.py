@@ -140,8 +140,8 @@ def main(argv=None) -> int:
     if args.dtype not in ("float16", "bfloat16", "float32", "float64", "int32"):
       raise TypeError(f"--dtype must be one of float16, bfloat16, float32, "
                       f"float64, int32; got {args.dtype!r}")
+    import jax
     if args.dtype == "float64":
-      import jax
       jax.config.update("jax_enable_x64", True)
     if args.grad and args.dtype == "int32":
       raise TypeError("--grad: int32 has no gradient (as in TensorFlow)")
@@ -149,6 +149,10 @@ def main(argv=None) -> int:
       raise ValueError(f"--filter-sizes must have 4 entries, got "
                        f"{args.filter_sizes}")
     log(f"exporting {config} ...")
+    if "cpu" in (platforms or [jax.default_backend()]):
+      from lowering import cpu
+      name, reason = cpu.choose(config.spec(), config.filter_sizes, args.dtype)
+      log(f"cpu lowering strategy: {name} ({reason})")
     exported = export_layer(config, batch=args.batch, platforms=platforms,
                             grad=args.grad)
   except (ValueError, TypeError) as e:

@@ -22,9 +22,17 @@ def test_default_job_as_a_module():
   # The README's first command: no flags at all.
   proc = subprocess.run([sys.executable, "-m", "jaxconv"], capture_output=True,
                         text=True, timeout=300, check=True)
-  assert "stablehlo.convolution" in proc.stdout
-  assert "tensor<8x64x64x64xf32>" in proc.stdout  # the U-Net decoder layer
-  assert "lhs_dilate = [2, 2]" in proc.stdout
+  assert proc.stdout.startswith("#loc") and "func.func public @main" in proc.stdout
+  # The U-Net decoder layer, lowered for this (CPU) machine's strategy.
+  assert "-> (tensor<8x64x64x64xf32>" in proc.stdout
+  assert "cpu lowering strategy: gemm_col2im" in proc.stderr
+  assert "stablehlo.dot_general" in proc.stdout
+
+
+def test_gpu_export_is_the_canonical_form(capsys):
+  code, out, err = run(capsys, "export", "--platforms", "cuda")
+  assert code == 0 and "cpu lowering strategy" not in err
+  assert "stablehlo.reverse" in out and "lhs_dilate = [2, 2]" in out
 
 
 def test_flags_named_after_tf_attributes(capsys):
@@ -98,4 +106,4 @@ def test_text_to_file(capsys, tmp_path):
   path = tmp_path / "up.mlir"
   code, out, err = run(capsys, "export", "-o", str(path))
   assert code == 0 and out == "" and f"wrote {path}" in err
-  assert "stablehlo.convolution" in path.read_text()
+  assert "func.func public @main" in path.read_text()

@@ -1,0 +1,306 @@
+"""CPU benchmark suite: jaxconv vs XLA's canonical form, TF and PyTorch.
+
+    python benchmarks/suite.py                  # all classes (several minutes)
+    python benchmarks/suite.py --quick          # smoke run: 3 classes, few reps
+    python benchmarks/suite.py --classes thin,stem --strategies
+
+Per class (TF shapes: input [N,H,W,C], filter [KH,KW,C/groups,C_out]):
+jaxconv (automatic strategy), XLA's canonical form (JAX's conv VJP), the
+forward convolution of the same geometry, TF's Conv2DBackpropInput and
+PyTorch's conv2d_input when installed (`pip install -e '.[bench]'`), and a
+matmul of the same useful FLOPs (the machine's practical limit).  Medians
+over interleaved repetitions in one process; useful GFLOP/s; ratio of
+jaxconv to the best peer (TF, PyTorch, canonical); compile times; peak
+memory from XLA's memory analysis.  --strategies also times every CPU
+strategy that applies (how lowering/cpu.py's rules were chosen).
+Writes a table (stdout), JSON and a PNG chart to --out (benchmarks/results).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Peers' OpenMP threads must not spin after their call and steal the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import lax  # noqa: E402
+
+import jaxconv  # noqa: E402
+import lowering  # noqa: E402
+from benchmarks.timing import compile_seconds, interleaved_medians, progress  # noqa: E402
+from lowering import cpu  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  input: tuple  # NHWC
+  filter: tuple  # HWIO (I = C / groups)
+  stride: int = 1
+  dilation: int = 1
+  padding: str = "SAME"
+  dtype: str = "float32"
+  data_format: str = "NHWC"
+
+  @property
+  def groups(self):
+    return self.input[3] // self.filter[2]
+
+
+UNET = dict(input=(8, 64, 64, 64), filter=(3, 3, 64, 128), stride=2)
+CASES = [
+    Case("dense s1 56x56 64->64 k3 N8", (8, 56, 56, 64), (3, 3, 64, 64)),
+    Case("unet-up s2 64x64 64<-128 k3 N8", **UNET),
+    Case("dcgan s2 32x32 128<-256 k5 N16", (16, 32, 32, 128), (5, 5, 128, 256), 2),
+    Case("1x1 s2 56x56 256->512 N8 VALID", (8, 56, 56, 256), (1, 1, 256, 512), 2,
+         padding="VALID"),
+    Case("stem s2 128x128 3->64 k7 N4", (4, 128, 128, 3), (7, 7, 3, 64), 2),
+    Case("thin s2 128x128 32->32 k4 N8", (8, 128, 128, 32), (4, 4, 32, 32), 2),
+    Case("grouped g32 s1 28x28 256 k3 N8", (8, 28, 28, 256), (3, 3, 8, 256)),
+    Case("depthwise s2 56x56 128 k3 N8", (8, 56, 56, 128), (3, 3, 1, 128), 2),
+    Case("atrous d2 s1 64x64 128 k3 N4", (4, 64, 64, 128), (3, 3, 128, 128),
+         dilation=2),
+    Case("s2+d2 32x32 64 k3 N8", (8, 32, 32, 64), (3, 3, 64, 64), 2, 2),
+    Case("unet-up NCHW", **UNET, data_format="NCHW"),
+    Case("unet-up bf16", **UNET, dtype="bfloat16"),
+    Case("unet-up f16", **UNET, dtype="float16"),
+    Case("unet-up f64 N2", (2, 64, 64, 64), (3, 3, 64, 128), 2, dtype="float64"),
+]
+
+
+def _key(case):
+  return case.name.split()[0] if not case.name.startswith("unet-up ") else (
+      case.name.replace(" ", "-"))
+
+
+def _tf_layout(values, fmt):
+  return values if fmt == "NHWC" else (values[0], values[3], values[1], values[2])
+
+
+def useful_flops(case, dy_shape):
+  n, oh, ow, co = dy_shape
+  return 2 * n * oh * ow * co * case.filter[0] * case.filter[1] * case.filter[2]
+
+
+def build(case: Case, rng):
+  """Operands and callables for every candidate of one class."""
+  dtype = jnp.dtype(case.dtype)
+  nhwc = case.data_format == "NHWC"
+  s, d = (case.stride,) * 2, (case.dilation,) * 2
+  x = rng.standard_normal(case.input).astype(np.float32)
+  w = rng.standard_normal(case.filter).astype(np.float32)
+  dn = (case.data_format, "HWIO", case.data_format)
+  xj = jnp.asarray(x if nhwc else x.transpose(0, 3, 1, 2), dtype)
+  wj = jnp.asarray(w, dtype)
+
+  def forward(x, w):
+    return lax.conv_general_dilated(x, w, s, case.padding, rhs_dilation=d,
+                                    dimension_numbers=dn,
+                                    feature_group_count=case.groups)
+  dyj = jax.jit(forward)(xj, wj)
+  dy_nhwc = np.asarray(dyj.astype(jnp.float32) if nhwc else
+                       dyj.astype(jnp.float32).transpose(0, 2, 3, 1))
+  sizes = list(_tf_layout(case.input, case.data_format))
+  strides = list(_tf_layout((1, *s, 1), case.data_format))
+  dilations = list(_tf_layout((1, *d, 1), case.data_format))
+
+  def ours(w, dy):
+    return jaxconv.conv2d_backprop_input(sizes, w, dy, strides, case.padding,
+                                         data_format=case.data_format,
+                                         dilations=dilations)
+
+  def canonical(w, dy):  # XLA's canonical form: JAX's conv VJP
+    return jax.vjp(lambda x: forward(x, w), jnp.zeros(xj.shape, dtype))[1](dy)[0]
+
+  cands, compile_s, memory = {}, {}, {}
+  for name, fn, args in (("jaxconv", ours, (wj, dyj)),
+                         ("canonical", canonical, (wj, dyj)),
+                         ("forward_conv", forward, (xj, wj))):
+    compiled, secs = compile_seconds(fn, *args)
+    cands[name] = (lambda c=compiled, a=args: c(*a))
+    compile_s[name] = secs
+    mem = compiled.memory_analysis()
+    memory[name] = None if mem is None else int(
+        mem.temp_size_in_bytes + mem.output_size_in_bytes)
+  strategies = {}
+  return dict(cands=cands, compile_s=compile_s, memory=memory, ours=ours,
+              w=wj, dy=dyj, x=x, w_np=w, dy_nhwc=dy_nhwc, strategies=strategies)
+
+
+def add_strategies(case, b):
+  """Every CPU strategy that applies, forced, for the record."""
+  spec = jax.make_jaxpr(b["ours"])(b["w"], b["dy"]).eqns[0].params["spec"]
+  for name in cpu.STRATEGIES:
+    if not cpu.applies(name, spec, b["w"].shape):
+      continue
+    with lowering.force_strategy(name):  # a fresh function: a fresh lowering
+      compiled, _ = compile_seconds(lambda w, dy: b["ours"](w, dy), b["w"],
+                                    b["dy"])
+    b["cands"][f"strategy:{name}"] = (lambda c=compiled: c(b["w"], b["dy"]))
+
+
+def add_peers(case, b, rng):
+  dtype_name = case.dtype
+  try:
+    import tensorflow as tf
+    tf_dtype = getattr(tf, dtype_name)
+    w = tf.constant(b["w_np"], tf_dtype)
+    if case.data_format == "NHWC":
+      dy = tf.constant(b["dy_nhwc"], tf_dtype)
+    else:
+      dy = tf.constant(b["dy_nhwc"].transpose(0, 3, 1, 2), tf_dtype)
+    sizes = tf.constant(_tf_layout(case.input, case.data_format), tf.int32)
+    strides = list(_tf_layout((1, case.stride, case.stride, 1), case.data_format))
+    dil = list(_tf_layout((1, case.dilation, case.dilation, 1), case.data_format))
+    if case.groups == case.input[3] and case.filter[2] == 1:
+      wd = tf.reshape(w, (*case.filter[:2], case.input[3], -1))
+      def run():
+        return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+            input_sizes=sizes, filter=wd, out_backprop=dy, strides=strides,
+            padding=case.padding, data_format=case.data_format, dilations=dil)
+    else:
+      def run():
+        return tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=sizes, filter=w, out_backprop=dy, strides=strides,
+            padding=case.padding, data_format=case.data_format, dilations=dil)
+    run()  # eager TF on CPU returns when the result is computed
+    b["cands"]["tensorflow"] = run
+  except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported
+    progress(f"  tensorflow: n/a ({type(e).__name__}: {str(e)[:80]})")
+  try:
+    import torch
+    tdt = getattr(torch, dtype_name)
+    tw = torch.tensor(b["w_np"].transpose(3, 2, 0, 1)).to(tdt)  # OIHW
+    tdy = torch.tensor(b["dy_nhwc"].transpose(0, 3, 1, 2)).to(tdt)
+    size = (case.input[0], case.input[3], case.input[1], case.input[2])
+    ek = (case.filter[0] - 1) * case.dilation + 1
+    pad = 0 if case.padding == "VALID" else (ek - 1) // 2
+    def run_torch():
+      with torch.no_grad():
+        return torch.nn.grad.conv2d_input(size, tw, tdy, stride=case.stride,
+                                          padding=pad, dilation=case.dilation,
+                                          groups=case.groups)
+    run_torch()
+    b["cands"]["pytorch"] = run_torch
+  except Exception as e:  # noqa: BLE001
+    progress(f"  pytorch: n/a ({type(e).__name__}: {str(e)[:80]})")
+
+
+def add_matmul(b, flops, dtype):
+  side = max(1, int(round((flops / 2) ** (1 / 3))))
+  a = jnp.ones((side, side), dtype)
+  mm = jax.jit(lambda a: a @ a)
+  b["cands"]["matmul"] = lambda: mm(a)
+  b["matmul_flops"] = 2 * side ** 3
+
+
+def run_case(case, reps, with_strategies, rng):
+  b = build(case, rng)
+  if with_strategies:
+    add_strategies(case, b)
+  add_peers(case, b, rng)
+  flops = useful_flops(case, b["dy_nhwc"].shape)
+  add_matmul(b, flops, jnp.float64 if case.dtype == "float64" else jnp.float32)
+  times = interleaved_medians(b["cands"], reps)
+  peers = [times[k] for k in ("tensorflow", "pytorch", "canonical") if k in times]
+  best_peer = min(peers)
+  spec = jax.make_jaxpr(b["ours"])(b["w"], b["dy"]).eqns[0].params["spec"]
+  strategy, reason = cpu.choose(spec, b["w"].shape, case.dtype)
+  return {
+      "class": case.name, "strategy": strategy, "reason": reason,
+      "ms": {k: v * 1e3 for k, v in times.items()},
+      "gflops": {k: (b["matmul_flops"] if k == "matmul" else flops) / v / 1e9
+                 for k, v in times.items()},
+      "ratio_to_best_peer": times["jaxconv"] / best_peer,
+      "speedup_vs_canonical": times["canonical"] / times["jaxconv"],
+      "compile_s": b["compile_s"],
+      "compile_ratio": b["compile_s"]["jaxconv"] / b["compile_s"]["canonical"],
+      "peak_bytes": b["memory"],
+  }
+
+
+def print_row(r):
+  ms = r["ms"]
+  cell = lambda k: f"{ms[k]:8.2f}" if k in ms else "     n/a"
+  print(f"{r['class']:34s} {r['strategy']:12s} {cell('jaxconv')} "
+        f"{cell('canonical')} {cell('tensorflow')} {cell('pytorch')} "
+        f"{cell('forward_conv')} {cell('matmul')} "
+        f"{r['ratio_to_best_peer']:6.2f}x {r['speedup_vs_canonical']:7.2f}x "
+        f"{r['compile_ratio']:5.2f}x", flush=True)
+  extra = {k: v for k, v in ms.items() if k.startswith("strategy:")}
+  if extra:
+    print("    " + "  ".join(f"{k[9:]} {v:.2f} ms" for k, v in extra.items()))
+
+
+def chart(results, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = [r["class"] for r in results]
+  ratios = [r["ratio_to_best_peer"] for r in results]
+  fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 1.5))
+  colors = ["tab:green" if v <= 1.0 else "tab:orange" if v <= 1.25 else
+            "tab:red" for v in ratios]
+  ax.barh(names, ratios, color=colors)
+  ax.axvline(1.0, color="k", lw=1)
+  ax.axvline(1.25, color="k", lw=1, ls="--")
+  ax.invert_yaxis()
+  ax.set_xlabel("jaxconv time / best of (TF, PyTorch, XLA canonical)  "
+                "(< 1 is faster)")
+  ax.set_title("jaxconv Conv2DBackpropInput on CPU")
+  for i, v in enumerate(ratios):
+    ax.text(v, i, f" {v:.2f}x", va="center")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--quick", action="store_true",
+                      help="smoke run: 3 classes, 3 repetitions")
+  parser.add_argument("--reps", type=int, default=15)
+  parser.add_argument("--classes", help="comma-separated class keys "
+                      f"({', '.join(_key(c) for c in CASES)})")
+  parser.add_argument("--strategies", action="store_true",
+                      help="also time every applicable CPU strategy")
+  parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+  args = parser.parse_args(argv)
+  jax.config.update("jax_enable_x64", True)
+  cases = CASES
+  if args.classes:
+    keys = args.classes.split(",")
+    cases = [c for c in CASES if _key(c) in keys]
+  elif args.quick:
+    cases = [CASES[1], CASES[7], CASES[13]]
+  reps = 3 if args.quick else args.reps
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  print(f"{'class':34s} {'strategy':12s} {'jaxconv':>8s} {'canon.':>8s} "
+        f"{'TF':>8s} {'torch':>8s} {'fwd':>8s} {'matmul':>8s} {'/best':>7s} "
+        f"{'vs can.':>8s} {'compile':>6s}   (ms)")
+  results = []
+  rng = np.random.default_rng(0)
+  for i, case in enumerate(cases):
+    progress(f"[{i + 1}/{len(cases)}] {case.name} ...")
+    r = run_case(case, reps, args.strategies, rng)
+    results.append(r)
+    print_row(r)
+  (out / "suite.json").write_text(json.dumps(results, indent=2))
+  chart(results, out / "suite.png")
+  progress(f"wrote {out / 'suite.json'} and {out / 'suite.png'}")
+
+
+if __name__ == "__main__":
+  main()

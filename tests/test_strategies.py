@@ -1,0 +1,163 @@
+"""CPU lowering strategies: each exact against the float64 reference wherever
+it can be selected, with the op's dtype semantics, symbolic-batch export,
+gradients and batching intact, and no zero-inflated input."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+import lowering
+from lowering import cpu
+from tests import configs
+from tests.helpers import assert_close, run_op, run_reference
+from tests.test_lowering import negative_conv_pads
+
+import jaxconv
+
+
+def _spec(fn, w, dy):
+  """The ConvSpec that fn(w, dy) binds."""
+  eqns = jax.make_jaxpr(fn)(w.astype(np.float32), dy.astype(np.float32)).eqns
+  return next(e.params["spec"] for e in eqns
+              if e.primitive is jaxconv.conv2d_backprop_input_p)
+
+
+def _configs_for(strategy, count, seed):
+  """Random configs (every dtype, layout, padding, crop) the strategy applies to."""
+  rng = np.random.default_rng(seed)
+  out = []
+  while len(out) < count:
+    cfg = configs.random_config(rng)
+    w, dy = configs.random_operands(rng, cfg)
+    if cpu.applies(strategy, _spec(lambda w, dy: run_op(cfg, w, dy), w, dy),
+                   w.shape):
+      out.append((cfg, w, dy))
+  return out
+
+
+def _forced(strategy, fn):
+  """A freshly lowered function under a forced strategy."""
+  with lowering.force_strategy(strategy):
+    return lambda *a: jax.jit(lambda *b: fn(*b))(*a)
+
+
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+def test_exact_against_reference(strategy):
+  cases = _configs_for(strategy, 40, seed=cpu.STRATEGIES.index(strategy))
+  with lowering.force_strategy(strategy):
+    for cfg, w, dy in cases:
+      w, dy = w.astype(cfg["dtype"]), dy.astype(cfg["dtype"])
+      out = jax.jit(lambda w, dy, cfg=cfg: run_op(cfg, w, dy))(w, dy)
+      assert str(out.dtype) == cfg["dtype"]
+      assert_close(out, run_reference(cfg, w, dy), cfg["dtype"], (strategy, cfg))
+
+
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+def test_generic_float_values(strategy):
+  # Not only multiples of 1/8: float32 and float64 with generic values.
+  rng = np.random.default_rng(1)
+  with lowering.force_strategy(strategy):
+    for cfg, _, _ in _configs_for(strategy, 12, seed=7):
+      for dtype in ("float32", "float64"):
+        cfg = {**cfg, "dtype": dtype}
+        w = rng.standard_normal(cfg["filter_shape"]).astype(dtype)
+        dy = rng.standard_normal(cfg["out_backprop_shape"]).astype(dtype)
+        out = jax.jit(lambda w, dy, cfg=cfg: run_op(cfg, w, dy))(w, dy)
+        assert_close(out, run_reference(cfg, w, dy), dtype, (strategy, cfg))
+
+
+STRATEGY_LAYERS = {
+    # strategy: (input_sizes NHWC, filter, strides)
+    "canonical": ([2, 9, 8, 4], (3, 2, 4, 6), [1, 2, 2, 1]),
+    "gemm_col2im": ([2, 9, 8, 4], (3, 2, 4, 6), [1, 2, 2, 1]),
+    "subpixel": ([2, 9, 8, 4], (3, 2, 4, 6), [1, 2, 3, 1]),
+    "subpixel_fused": ([2, 9, 8, 4], (4, 3, 4, 6), [1, 2, 2, 1]),
+    "grouped": ([2, 9, 8, 8], (3, 3, 2, 8), [1, 1, 2, 1]),
+    "depthwise": ([2, 9, 8, 4], (3, 3, 1, 8), [1, 2, 2, 1]),
+}
+
+
+def _layer(strategy):
+  sizes, fshape, strides = STRATEGY_LAYERS[strategy]
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal(fshape).astype(np.float32)
+  dy_shape = jax.eval_shape(lambda x: jax.lax.conv_general_dilated(
+      x, jnp.zeros(fshape, np.float32), strides[1:3], "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=sizes[3] // fshape[2]),
+      jax.ShapeDtypeStruct(sizes, np.float32)).shape
+  dy = rng.standard_normal(dy_shape).astype(np.float32)
+
+  def op(w, dy, batch=None):
+    s = list(sizes)
+    if batch is not None:
+      s[0] = batch
+    return jaxconv.conv2d_backprop_input(s, w, dy, strides, "SAME")
+  return op, w, dy
+
+
+def test_layers_cover_every_strategy():
+  assert set(STRATEGY_LAYERS) == set(cpu.STRATEGIES)
+
+
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+def test_no_zero_inflated_input(strategy):
+  op, w, dy = _layer(strategy)
+  with lowering.force_strategy(strategy):
+    text = jax.jit(lambda w, dy: op(w, dy)).lower(w, dy).as_text()
+  dilated = [c for c in re.findall(r"lhs_dilate = \[([^\]]*)\]", text)
+             if set(c.split(", ")) != {"1"}]
+  if strategy == "canonical":
+    assert dilated  # the point of the others
+  else:
+    assert not dilated, dilated
+  assert negative_conv_pads(text) == []
+
+
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+def test_symbolic_batch_export(strategy):
+  op, w, dy = _layer(strategy)
+  b, = export.symbolic_shape("b")
+  with lowering.force_strategy(strategy):
+    exp = export.export(jax.jit(lambda w, dy: op(w, dy, batch=dy.shape[0])),
+                        platforms=["cpu"])(
+        jax.ShapeDtypeStruct(w.shape, w.dtype),
+        jax.ShapeDtypeStruct((b, *dy.shape[1:]), dy.dtype))
+  for batch in (1, 3):
+    dyb = np.concatenate([dy] * 2)[:batch]
+    np.testing.assert_allclose(exp.call(w, dyb), op(w, dyb, batch=batch),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+def test_grad_and_vmap_under_strategy(strategy):
+  op, w, dy = _layer(strategy)
+  loss = lambda w, dy: jnp.sum(jnp.sin(op(w, dy)))
+  want = jax.grad(loss, argnums=(0, 1))(w, dy)
+  ws = np.stack([w, 2 * w])
+  want_v = np.stack([op(w, dy), op(2 * w, dy)])
+  with lowering.force_strategy(strategy):
+    got = jax.jit(jax.grad(lambda w, dy: loss(w, dy), argnums=(0, 1)))(w, dy)
+    got_v = jax.jit(jax.vmap(lambda w, dy: op(w, dy), in_axes=(0, None)))(ws, dy)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got_v, want_v, rtol=1e-4, atol=1e-4)
+
+
+def test_forcing_falls_back_where_a_strategy_does_not_apply():
+  op, w, dy = _layer("canonical")  # one group: depthwise cannot apply
+  with lowering.force_strategy("depthwise"):
+    out = jax.jit(lambda w, dy: op(w, dy))(w, dy)
+  np.testing.assert_allclose(out, op(w, dy), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="unknown CPU strategy"):
+    with lowering.force_strategy("fastest"):
+      pass
+
+
+def test_choice_is_visible():
+  op, w, dy = _layer("depthwise")
+  name, reason = cpu.choose(_spec(op, w, dy), w.shape, np.float32)
+  assert name in cpu.STRATEGIES and reason
