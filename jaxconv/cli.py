@@ -150,8 +150,7 @@ def main(argv=None) -> int:
                        f"{args.filter_sizes}")
     log(f"exporting {config} ...")
     if "cpu" in (platforms or [jax.default_backend()]):
-      from lowering import cpu
-      name, reason = cpu.choose(config.spec(), config.filter_sizes, args.dtype)
+      name, reason = config.cpu_strategy()
       log(f"cpu lowering strategy: {name} ({reason})")
     exported = export_layer(config, batch=args.batch, platforms=platforms,
                             grad=args.grad)

@@ -43,6 +43,11 @@ class LayerConfig:
         batch, self.filter_sizes[-1],
         spec.out_backprop_spatial(self.filter_sizes[:2]))
 
+  def cpu_strategy(self) -> tuple[str, str]:
+    """(name, measured reason) of the CPU lowering strategy for this layer."""
+    from lowering import cpu
+    return cpu.choose(self.spec(), self.filter_sizes, self.dtype)
+
   def op(self, batch=None):
     """f(filter, out_backprop); with `batch` (a symbolic dim), the input_sizes
     batch entry becomes that dim."""
