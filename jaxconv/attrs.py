@@ -108,9 +108,9 @@ def parse_input_sizes(input_sizes, ndim: int) -> list:
   return sizes
 
 
-def parse_window(values, name: str, channels_last: bool, ndim: int,
-                 minimum: int) -> tuple[int, ...]:
-  """Strides or dilations: spatial entries >= minimum, batch/depth == 1."""
+def parse_window(values, name: str, channels_last: bool,
+                 ndim: int) -> tuple[int, ...]:
+  """Strides or dilations: spatial entries >= 1, batch/depth entries == 1."""
   values = int_list(values, name, ndim + 2)
   depth = ndim + 1 if channels_last else 1
   if values[0] != 1 or values[depth] != 1:
@@ -118,8 +118,8 @@ def parse_window(values, name: str, channels_last: bool, ndim: int,
                      f"{name} in the batch and depth dimensions (must be 1), "
                      f"got {values}")
   spatial = tuple(v for i, v in enumerate(values) if i not in (0, depth))
-  if any(v < minimum for v in spatial):
-    raise ValueError(f"{name} must be >= {minimum} in the spatial dimensions, "
+  if any(v < 1 for v in spatial):
+    raise ValueError(f"{name} must be >= 1 in the spatial dimensions, "
                      f"got {values}")
   return spatial
 
@@ -167,8 +167,8 @@ def make_spec(ndim: int, input_sizes, filter_shape, batch, strides, padding,
   if padding not in PADDINGS:
     raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
   sizes = parse_input_sizes(input_sizes, n)
-  window_strides = parse_window(strides, "strides", channels_last, n, 1)
-  window_dilations = parse_window(dilations, "dilations", channels_last, n, 1)
+  window_strides = parse_window(strides, "strides", channels_last, n)
+  window_dilations = parse_window(dilations, "dilations", channels_last, n)
   explicit = parse_explicit_paddings(padding, explicit_paddings,
                                      channels_last, n)
 
