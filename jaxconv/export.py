@@ -28,19 +28,23 @@ class LayerConfig:
   dilations: Sequence[int] = (1, 1, 1, 1)
   dtype: str = "float32"
 
+  @property
+  def batch(self) -> int:
+    """input_sizes' batch (1 for 2-entry, spatial-only input_sizes)."""
+    return self.input_sizes[0] if len(self.input_sizes) == 4 else 1
+
   def spec(self):
     """The validated ConvSpec (ValueError/TypeError on a bad config)."""
-    batch = self.input_sizes[0] if len(self.input_sizes) == 4 else 1
-    return attrs.make_spec(2, list(self.input_sizes), self.filter_sizes, batch,
+    return attrs.make_spec(2, list(self.input_sizes), self.filter_sizes,
+                           self.batch,
                            list(self.strides), self.padding,
                            list(self.explicit_paddings), self.data_format,
                            list(self.dilations))
 
   def out_backprop_shape(self):
     spec = self.spec()
-    batch = self.input_sizes[0] if len(self.input_sizes) == 4 else 1
     return spec.activation_shape(
-        batch, self.filter_sizes[-1],
+        self.batch, self.filter_sizes[-1],
         spec.out_backprop_spatial(self.filter_sizes[:2]))
 
   def cpu_strategy(self) -> tuple[str, str]:
@@ -83,10 +87,11 @@ def export_layer(config: LayerConfig, *, batch: str | None = None,
   op = config.op(b)
   w = jax.ShapeDtypeStruct(tuple(config.filter_sizes), dtype)
   dy = jax.ShapeDtypeStruct(tuple(dy_shape), dtype)
-  fn, args = op, (w, dy)
-  if grad:
-    def fn(filter, out_backprop, ct):  # noqa: A002
-      out, vjp = jax.vjp(op, filter, out_backprop)
-      return (out, *vjp(ct))
-    args = (w, dy, jax.eval_shape(op, w, dy))
-  return jax_export.export(jax.jit(fn), platforms=platforms)(*args)
+  if not grad:
+    return jax_export.export(jax.jit(op), platforms=platforms)(w, dy)
+
+  def op_and_vjp(filter, out_backprop, ct):  # noqa: A002
+    out, vjp = jax.vjp(op, filter, out_backprop)
+    return (out, *vjp(ct))
+  return jax_export.export(jax.jit(op_and_vjp), platforms=platforms)(
+      w, dy, jax.eval_shape(op, w, dy))

@@ -14,6 +14,7 @@ JAX's own convolution batching.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -74,7 +75,7 @@ def _batch_rule(args, dims, *, spec: ConvSpec):
   dy = dy.reshape(*dy.shape[:c], -1, *dy.shape[c + 2:])
   filt = jnp.moveaxis(filt, 0, n + 1).reshape(*filt.shape[1:n + 2], -1)
   out = conv_backprop_input(
-      filt, dy, ConvSpec(**{**spec.__dict__, "groups": b * spec.groups}))
+      filt, dy, dataclasses.replace(spec, groups=b * spec.groups))
   return out.reshape(*out.shape[:c], b, -1, *out.shape[c + 1:]), c
 
 

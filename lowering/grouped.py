@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+from jax import lax
 
 from lowering import subpixel
 from lowering.geometry import ConvSpec
@@ -46,13 +47,8 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
     # Block-diagonal [*K, k*ci, k*cog]: block (a, a) is group j*k + a.
     w = jnp.einsum("...cam,ab->...acbm", w, eye).reshape(*kernel, k * ci,
                                                           k * cog)
-    part = _channels(dy, c_axis, j * k * cog, k * cog)
+    part = lax.slice_in_dim(dy, j * k * cog, (j + 1) * k * cog, axis=c_axis)
     outs.append(subpixel.backprop_input(w, part, spec=dense,
                                         acc_dtype=acc_dtype))
   return jnp.concatenate(outs, axis=c_axis)
 
-
-def _channels(x, axis, start, size):
-  index = [slice(None)] * x.ndim
-  index[axis] = slice(start, start + size)
-  return x[tuple(index)]

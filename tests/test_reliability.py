@@ -8,7 +8,6 @@ import sys
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import parameterized
@@ -16,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxconv
-from jaxconv import cli, reference
+from jaxconv import cli
 from tests import configs, fuzz
 from tests.helpers import assert_close, run_op, run_reference
 from tests.strategies import invalid_calls, valid_configs

@@ -1,6 +1,4 @@
 """Autodiff and batching of the primitive: every transform, every attribute class."""
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -38,12 +38,6 @@ def _configs_for(strategy, count, seed):
   return out
 
 
-def _forced(strategy, fn):
-  """A freshly lowered function under a forced strategy."""
-  with lowering.force_strategy(strategy):
-    return lambda *a: jax.jit(lambda *b: fn(*b))(*a)
-
-
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES)
 def test_exact_against_reference(strategy):
   cases = _configs_for(strategy, 40, seed=cpu.STRATEGIES.index(strategy))
