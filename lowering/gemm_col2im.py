@@ -8,9 +8,11 @@ each tap's slice of P is edge-padded (negative edges crop) to its block
 offset and summed with the other taps of its phase (XLA fuses the sum into
 one loop), then one depth-to-space interleaves the phases.  (A
 full-resolution col2im, interior-padding every tap, was measured 1.1-2.3x
-slower on the suite's stride-2 classes.)  No convolution, so none of XLA
-CPU's slow or fragile convolution paths: the FLOPs go to a dot, accumulated
-in `acc_dtype` and rounded once.
+slower on the suite's stride-2 classes.)  Channels-first operands keep the
+spatial dims minor throughout (P is [g, t, c, n, o]): no layout transposes
+(unet-up NCHW: 8.7 ms vs 17.2 ms transposing to channels-last and back).
+No convolution, so none of XLA CPU's slow or fragile convolution paths: the
+FLOPs go to a dot, accumulated in `acc_dtype` and rounded once.
 """
 from __future__ import annotations
 
@@ -20,38 +22,53 @@ from jax import lax
 from lowering import phases
 from lowering.geometry import ConvSpec
 
+_KEEP = (0, 0, 0)  # lax.pad config entry of a dim left as it is
+
 
 def columns(filt, dy, spec: ConvSpec, acc_dtype):
-  """P = [G, N, *O, *K, Ci] from channels-last dy, accumulated in acc_dtype."""
-  n, groups = spec.ndim, spec.groups
-  if not spec.channels_last:
-    dy = jnp.moveaxis(dy, 1, -1)
-  batch, out_spatial, co = dy.shape[0], dy.shape[1:n + 1], dy.shape[-1]
-  kernel, ci = filt.shape[:n], filt.shape[n]
-  dy = dy.reshape(batch, *out_spatial, groups, co // groups)
+  """P accumulated in acc_dtype: [G, N, *O, *K, Ci] from channels-last dy,
+  [G, *K, Ci, N, *O] from channels-first dy."""
+  n, groups, c_axis = spec.ndim, spec.groups, spec.feature_axis
+  kernel, ci, co = filt.shape[:n], filt.shape[n], filt.shape[n + 1]
+  dy = dy.reshape(*dy.shape[:c_axis], groups, co // groups,
+                  *dy.shape[c_axis + 1:])
   w = filt.reshape(*kernel, ci, groups, co // groups)
-  return lax.dot_general(dy, w, (((n + 2,), (n + 2,)), ((n + 1,), (n + 1,))),
-                         preferred_element_type=acc_dtype)
+  if spec.channels_last:
+    dims = (((n + 2,), (n + 2,)), ((n + 1,), (n + 1,)))
+    return lax.dot_general(dy, w, dims, preferred_element_type=acc_dtype)
+  dims = (((n + 2,), (2,)), ((n + 1,), (1,)))
+  return lax.dot_general(w, dy, dims, preferred_element_type=acc_dtype)
 
 
 def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
   """The op for `spec`: GEMM + per-phase col2im + one depth-to-space."""
-  n = spec.ndim
+  n, last = spec.ndim, spec.channels_last
   cols = columns(filt, dy, spec, acc_dtype or dy.dtype)
-  out_spatial = cols.shape[2:n + 2]
   kernel = filt.shape[:n]
+  out_spatial = cols.shape[2:n + 2] if last else cols.shape[n + 3:]
   plans = phases.plans_for(spec, kernel)
   zero = jnp.zeros((), cols.dtype)
+  blocks = [p.blocks for p in plans]
+  groups, batch, ci = cols.shape[0], dy.shape[0], filt.shape[n]
   per_phase = []
   for _, taps in phases.taps_by_phase(plans, kernel, spec.strides):
-    total = jnp.zeros((*cols.shape[:2], *[p.blocks for p in plans],
-                       cols.shape[-1]), cols.dtype)
+    # One phase's sum, [G, N, *B, Ci] (channels-last) or [G, Ci, N, *B].
+    total = jnp.zeros((groups, batch, *blocks, ci) if last else
+                      (groups, ci, batch, *blocks), cols.dtype)
     for tap in taps:
-      part = cols[(slice(None),) * (n + 2) + tap]  # [G, N, *O, Ci]
-      config = [(0, 0, 0)] * 2 + phases.block_pads(plans, tap, out_spatial)
-      total = total + lax.pad(part, zero, config + [(0, 0, 0)])
-    total = jnp.moveaxis(total, 0, -2)  # [N, *B, G, Ci]
-    per_phase.append(total.reshape(*total.shape[:-2], -1))
-  out = phases.interleave(per_phase, plans, spec.strides, spec.input_spatial)
-  out = out.astype(dy.dtype)
-  return out if spec.channels_last else jnp.moveaxis(out, -1, 1)
+      pads = phases.block_pads(plans, tap, out_spatial)
+      if last:
+        part = cols[(slice(None),) * (n + 2) + tap]
+        config = [_KEEP] * 2 + pads + [_KEEP]
+      else:
+        part = cols[(slice(None),) + tap]
+        config = [_KEEP] * 3 + pads
+      total = total + lax.pad(part, zero, config)
+    if last:
+      total = jnp.moveaxis(total, 0, -2)  # [N, *B, G, Ci]
+      per_phase.append(total.reshape(*total.shape[:-2], -1))
+    else:
+      per_phase.append(total.reshape(-1, *total.shape[2:]))  # [G*Ci, N, *B]
+  out = phases.interleave(per_phase, plans, spec.strides, spec.input_spatial,
+                          channels_last=last)
+  return out.astype(dy.dtype)

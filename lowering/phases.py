@@ -37,15 +37,24 @@ def plan_1d(size: int, k: int, s: int, d: int, pb: int) -> Plan:
               offset=offsets(shift), shift=shift, blocks=-(-(size + shift) // s))
 
 
-def depth_to_space(y, plans, input_spatial):
-  """[*s, N, *B, C] (phases leading) -> [N, *I, C]: interleave, then crop."""
+def depth_to_space(y, plans, input_spatial, channels_last=True):
+  """Interleave the phases, then crop: [*s, N, *B, C] -> [N, *I, C], or
+  with channels_last=False [*s, C, N, *B] -> [N, C, *I]."""
   n = len(plans)
-  batch, blocks, c = y.shape[n], y.shape[n + 1:2 * n + 1], y.shape[-1]
-  # [s1..sn, N, B1..Bn, C] -> [N, B1, s1, .., Bn, sn, C]
-  order = [n] + [x for j in range(n) for x in (n + 1 + j, j)] + [2 * n + 1]
-  y = jnp.transpose(y, order).reshape(
-      batch, *[b * p for b, p in zip(blocks, y.shape[:n])], c)
-  for axis, (plan, size) in enumerate(zip(plans, input_spatial), start=1):
+  if channels_last:
+    batch_axis, c_axis, first_block = n, 2 * n + 1, n + 1
+  else:
+    c_axis, batch_axis, first_block = n, n + 1, n + 2
+  pairs = [a for j in range(n) for a in (first_block + j, j)]  # B_j, s_j
+  full = [y.shape[first_block + j] * y.shape[j] for j in range(n)]
+  if channels_last:
+    y = jnp.transpose(y, [batch_axis, *pairs, c_axis])
+    y = y.reshape(y.shape[0], *full, y.shape[-1])
+  else:
+    y = jnp.transpose(y, [batch_axis, c_axis, *pairs])
+    y = y.reshape(*y.shape[:2], *full)
+  for axis, (plan, size) in enumerate(zip(plans, input_spatial),
+                                      start=1 if channels_last else 2):
     y = lax.slice_in_dim(y, plan.shift, plan.shift + size, axis=axis)
   return y
 
@@ -69,7 +78,8 @@ def block_pads(plans, tap, out_spatial):
           for p, t, o in zip(plans, tap, out_spatial)]
 
 
-def interleave(per_phase, plans, strides, input_spatial):
-  """Per-phase [N, *B, C] results (taps_by_phase order) -> [N, *I, C]."""
+def interleave(per_phase, plans, strides, input_spatial, channels_last=True):
+  """Per-phase [N, *B, C] (or [C, N, *B]) results in taps_by_phase order ->
+  [N, *I, C] (or [N, C, *I])."""
   stacked = jnp.stack(per_phase).reshape(*strides, *per_phase[0].shape)
-  return depth_to_space(stacked, plans, input_spatial)
+  return depth_to_space(stacked, plans, input_spatial, channels_last)

@@ -10,12 +10,13 @@ import pytest
 from jax import export
 
 import lowering
-from lowering import cpu
+from lowering import cpu, geometry
 from tests import configs
 from tests.helpers import assert_close, run_op, run_reference
 from tests.test_lowering import negative_conv_pads
 
 import jaxconv
+from jaxconv import reference
 
 
 def _spec(fn, w, dy):
@@ -61,6 +62,44 @@ def test_generic_float_values(strategy):
         dy = rng.standard_normal(cfg["out_backprop_shape"]).astype(dtype)
         out = jax.jit(lambda w, dy, cfg=cfg: run_op(cfg, w, dy))(w, dy)
         assert_close(out, run_reference(cfg, w, dy), dtype, (strategy, cfg))
+
+
+def _random_nd_case(rng, ndim):
+  """A ConvSpec over `ndim` spatial dims with float64 operands that fit it."""
+  groups = int(rng.choice([1, 1, 2, 3]))
+  ci, cog = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+  kernel = tuple(int(k) for k in rng.integers(1, 4, ndim))
+  while True:
+    spec = geometry.ConvSpec(
+        input_spatial=tuple(int(i) for i in rng.integers(1, 8, ndim)),
+        strides=tuple(int(s) for s in rng.integers(1, 4, ndim)),
+        dilations=tuple(int(d) for d in rng.integers(1, 3, ndim)),
+        padding=tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (ndim, 2))),
+        groups=groups, channels_last=bool(rng.integers(2)))
+    out_spatial = spec.out_backprop_spatial(kernel)
+    if min(out_spatial) > 0:
+      break
+  w = rng.standard_normal((*kernel, ci, groups * cog))
+  dy = rng.standard_normal(spec.activation_shape(2, groups * cog, out_spatial))
+  return spec, w, dy
+
+
+@pytest.mark.parametrize("ndim", [1, 3])
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+def test_exact_in_1d_and_3d(strategy, ndim):
+  # The primitive and every strategy are N-d (1-3 spatial dims).
+  rng = np.random.default_rng(ndim)
+  cases = []
+  while len(cases) < 6:
+    spec, w, dy = _random_nd_case(rng, ndim)
+    if cpu.applies(strategy, spec, w.shape):
+      cases.append((spec, w, dy))
+  with lowering.force_strategy(strategy):
+    for spec, w, dy in cases:
+      out = jax.jit(lambda w, dy, spec=spec: jaxconv.conv2d_backprop_input_p.bind(
+          w, dy, spec=spec))(w, dy)
+      assert_close(out, reference.for_spec(w, dy, spec), "float64",
+                   (strategy, spec))
 
 
 STRATEGY_LAYERS = {
