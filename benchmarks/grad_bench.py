@@ -22,7 +22,8 @@ from jax import lax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jaxconv  # noqa: E402
-from benchmarks.timing import interleaved_medians, progress  # noqa: E402
+from benchmarks.timing import (interleaved_medians, progress,  # noqa: E402
+                               steady_allocator)
 
 # name: (input NHWC, filter HWIO, stride)
 LAYERS = {
@@ -75,6 +76,7 @@ def main():
   parser.add_argument("--vmap", type=int, default=4, help="B for the vmap row")
   parser.add_argument("--json", help="write results here")
   args = parser.parse_args()
+  steady_allocator()
   layers = dict(list(LAYERS.items())[:1]) if args.quick else LAYERS
   reps = 3 if args.quick else args.reps
   results = {}

@@ -12,7 +12,10 @@ matmul of the same useful FLOPs (the machine's practical limit).  Medians
 over interleaved repetitions in one process; useful GFLOP/s; ratio of
 jaxconv to the best peer (TF, PyTorch, canonical); compile times; peak
 memory from XLA's memory analysis.  --strategies also times every CPU
-strategy that applies (how lowering/cpu.py's rules were chosen).
+strategy that applies (how lowering/cpu.py's rules were chosen).  The
+process re-executes itself once with glibc's malloc thresholds pinned and
+warms up on the first class, so that every candidate runs at its steady
+state (benchmarks/timing.py says why).
 Writes a table (stdout), JSON and a PNG chart to --out (benchmarks/results).
 """
 from __future__ import annotations
@@ -38,7 +41,8 @@ from jax import lax  # noqa: E402
 
 import jaxconv  # noqa: E402
 import lowering  # noqa: E402
-from benchmarks.timing import compile_seconds, interleaved_medians, progress  # noqa: E402
+from benchmarks.timing import (compile_seconds, interleaved_medians,  # noqa: E402
+                               progress, steady_allocator)
 from lowering import cpu  # noqa: E402
 
 
@@ -277,6 +281,7 @@ def main(argv=None):
                       help="also time every applicable CPU strategy")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   args = parser.parse_args(argv)
+  steady_allocator()
   jax.config.update("jax_enable_x64", True)
   cases = CASES
   if args.classes:
@@ -292,6 +297,8 @@ def main(argv=None):
         f"{'vs can.':>8s} {'compile':>6s}   (ms)")
   results = []
   rng = np.random.default_rng(0)
+  progress(f"warming up on {cases[0].name} (untimed) ...")
+  run_case(cases[0], 3, False, np.random.default_rng(0))
   for i, case in enumerate(cases):
     progress(f"[{i + 1}/{len(cases)}] {case.name} ...")
     r = run_case(case, reps, args.strategies, rng)

@@ -1,6 +1,7 @@
 """Side-by-side timing: interleaved repetitions in one process, medians."""
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import sys
@@ -8,6 +9,24 @@ import time
 from typing import Callable
 
 import jax
+
+
+# glibc returns every freed buffer above its (adaptive) mmap threshold to
+# the OS, so a process that allocates large fresh outputs per call (XLA CPU
+# does) page-faults them in again on every call until the threshold has
+# grown: measured here, a 16 MB-output layer ran 10-16 ms for the first
+# minute of a process and 3.7 ms once steady.  Pinning the thresholds makes
+# every candidate (jaxconv, XLA, TF, PyTorch alike) run at its steady state.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+                 "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
+
+
+def steady_allocator() -> None:
+  """Re-execute this process once with glibc's malloc thresholds pinned
+  (STEADY_MALLOC); call first thing in a benchmark's main()."""
+  if any(os.environ.get(k) != v for k, v in STEADY_MALLOC.items()):
+    os.execve(sys.executable, [sys.executable, *sys.argv],
+              {**os.environ, **STEADY_MALLOC})
 
 
 def compile_seconds(fn, *args) -> tuple[Callable, float]:
