@@ -80,6 +80,7 @@ CASES = [
     Case("unet-up bf16", **UNET, dtype="bfloat16"),
     Case("unet-up f16", **UNET, dtype="float16"),
     Case("unet-up f64 N2", (2, 64, 64, 64), (3, 3, 64, 128), 2, dtype="float64"),
+    Case("unet-up k2 s2 64x64 64<-128 N8", (8, 64, 64, 64), (2, 2, 64, 128), 2),
 ]
 
 

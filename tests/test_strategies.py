@@ -16,7 +16,7 @@ from tests.helpers import assert_close, run_op, run_reference
 from tests.test_lowering import negative_conv_pads
 
 import jaxconv
-from jaxconv import reference
+from jaxconv import attrs, reference
 
 
 def _spec(fn, w, dy):
@@ -194,3 +194,25 @@ def test_choice_is_visible():
   op, w, dy = _layer("depthwise")
   name, reason = cpu.choose(_spec(op, w, dy), w.shape, np.float32)
   assert name in cpu.STRATEGIES and reason
+
+
+@pytest.mark.parametrize("fmt, sizes, fshape, stride, dtype, want", [
+    # The automatic choice on layer classes of benchmarks/suite.py (the
+    # measured winners recorded in lowering/cpu.py's rules).
+    ("NHWC", [8, 64, 64, 64], (3, 3, 64, 128), 2, "float32", "gemm_col2im"),
+    ("NCHW", [8, 64, 64, 64], (3, 3, 64, 128), 2, "float32", "gemm_col2im"),
+    ("NHWC", [8, 64, 64, 64], (2, 2, 64, 128), 2, "float32", "gemm_col2im"),
+    ("NHWC", [8, 128, 128, 32], (4, 4, 32, 32), 2, "float32", "subpixel_fused"),
+    ("NCHW", [16, 32, 32, 128], (5, 5, 128, 256), 2, "float32", "subpixel"),
+    ("NHWC", [8, 56, 56, 64], (3, 3, 64, 64), 1, "float32", "canonical"),
+    ("NHWC", [8, 28, 28, 256], (3, 3, 8, 256), 1, "float32", "grouped"),
+    ("NHWC", [8, 56, 56, 128], (3, 3, 1, 128), 2, "float32", "depthwise"),
+    ("NHWC", [2, 64, 64, 64], (3, 3, 64, 128), 2, "float64", "gemm_col2im"),
+])
+def test_choice_on_benchmark_classes(fmt, sizes, fshape, stride, dtype, want):
+  if fmt == "NCHW":
+    sizes = [sizes[0], sizes[3], *sizes[1:3]]
+  strides = [1, stride, stride, 1] if fmt == "NHWC" else [1, 1, stride, stride]
+  spec = attrs.make_spec(2, sizes, fshape, sizes[0], strides, "SAME", [], fmt,
+                         [1, 1, 1, 1])
+  assert cpu.choose(spec, fshape, dtype)[0] == want
