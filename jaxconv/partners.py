@@ -4,17 +4,16 @@
 `conv_backprop_filter` (TF's Conv2DBackpropFilter) share one `ConvSpec` and
 are each other's transposes, so derivatives of any order stay inside this
 closed family of fast forms (`jaxconv.rules` registers the transposes).
-The partners lower through `lax.conv_general_dilated` in its ordinary
-forward and filter-gradient forms.
+The back end says how each platform lowers them (`lowering.partner_rules`).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
+import lowering
 from jaxconv.primitive import def_eager_impl
 from lowering.geometry import ConvSpec
 
@@ -32,43 +31,6 @@ def conv_backprop_filter(x, dy, spec: ConvSpec, kernel: tuple[int, ...]):
   return conv_backprop_filter_p.bind(x, dy, spec=spec, kernel=tuple(kernel))
 
 
-def _empty(*shapes) -> bool:
-  return any(d == 0 for shape in shapes for d in shape if isinstance(d, int))
-
-
-def forward_impl(x, filt, *, spec: ConvSpec):
-  out_shape = _forward_shape(x, filt, spec)
-  if _empty(x.shape, filt.shape, out_shape):
-    return jnp.zeros(out_shape, x.dtype)
-  n = spec.ndim
-  act = (0, spec.feature_axis, *spec.spatial_axes)
-  return lax.conv_general_dilated(
-      x, filt, window_strides=spec.strides, padding=spec.padding,
-      rhs_dilation=spec.dilations,
-      dimension_numbers=lax.ConvDimensionNumbers(act, (n + 1, n, *range(n)),
-                                                 act),
-      feature_group_count=spec.groups)
-
-
-def backprop_filter_impl(x, dy, *, spec: ConvSpec, kernel):
-  out_shape = _filter_shape(x, dy, spec, kernel)
-  if _empty(x.shape, dy.shape, out_shape):
-    return jnp.zeros(out_shape, x.dtype)
-  n = spec.ndim
-  pads = spec.filter_grad_padding(kernel)
-  for axis, (_, hi) in zip(spec.spatial_axes, pads):
-    if hi < 0:  # never hand a negative pad to the convolution: crop x instead
-      x = lax.slice_in_dim(x, 0, x.shape[axis] + hi, axis=axis)
-  act = (spec.feature_axis, 0, *spec.spatial_axes)  # batch <-> feature swapped
-  return lax.conv_general_dilated(
-      x, dy, window_strides=spec.dilations,
-      padding=[(lo, max(hi, 0)) for lo, hi in pads],
-      rhs_dilation=spec.strides,
-      dimension_numbers=lax.ConvDimensionNumbers(act, act,
-                                                 (n, n + 1, *range(n))),
-      batch_group_count=spec.groups)
-
-
 def _forward_shape(x, filt, spec: ConvSpec):
   kernel = filt.shape[:spec.ndim]
   return spec.activation_shape(x.shape[0], filt.shape[-1],
@@ -80,11 +42,30 @@ def _filter_shape(x, dy, spec: ConvSpec, kernel):
           dy.shape[spec.feature_axis])
 
 
-for _p, _impl, _shape in (
-    (conv_forward_p, forward_impl, _forward_shape),
-    (conv_backprop_filter_p, backprop_filter_impl, _filter_shape)):
+def _guarded(fn, shape_rule):
+  """fn, with zeros for empty operands or results (no zero-size convs)."""
+  def impl(a, b, **params):
+    out_shape = shape_rule(a, b, **params)
+    if any(d == 0 for shape in (a.shape, b.shape, out_shape) for d in shape
+           if isinstance(d, int)):
+      return jnp.zeros(out_shape, a.dtype)
+    return fn(a, b, **params)
+  return impl
+
+
+_RULES = lowering.partner_rules()
+# The platform-independent forms, for the batching rules (jaxconv/rules.py).
+forward_impl = _guarded(_RULES["forward"][None], _forward_shape)
+backprop_filter_impl = _guarded(_RULES["backprop_filter"][None], _filter_shape)
+
+for _p, _name, _shape in ((conv_forward_p, "forward", _forward_shape),
+                          (conv_backprop_filter_p, "backprop_filter",
+                           _filter_shape)):
   _p.def_abstract_eval(
       lambda a, b, _shape=_shape, **params: jax.core.ShapedArray(
           _shape(a, b, **params), a.dtype))
   def_eager_impl(_p)
-  mlir.register_lowering(_p, mlir.lower_fun(_impl, multiple_results=False))
+  for _platform, _fn in _RULES[_name].items():
+    mlir.register_lowering(
+        _p, mlir.lower_fun(_guarded(_fn, _shape), multiple_results=False),
+        platform=_platform)

@@ -1,13 +1,14 @@
 """Back end: StableHLO lowerings of the backprop-input primitive.
 
 `platform_rules()` tells the front end which rule to register for which
-platform; the front end never needs to know how a platform lowers.
+platform, `partner_rules()` the same for the op's two partner convolutions;
+the front end never needs to know how a platform lowers.
 """
-from lowering import canonical, cpu
+from lowering import canonical, cpu, partners
 from lowering.cpu import force_strategy
 from lowering.geometry import ConvSpec
 
-__all__ = ["ConvSpec", "force_strategy", "platform_rules"]
+__all__ = ["ConvSpec", "force_strategy", "partner_rules", "platform_rules"]
 
 
 def platform_rules():
@@ -18,4 +19,14 @@ def platform_rules():
       None: canonical.lower,
       # CPU: a strategy chosen per configuration (see lowering/cpu.py).
       "cpu": cpu.lower,
+  }
+
+
+def partner_rules():
+  """{"forward" | "backprop_filter": {platform (None = every other): fn}};
+  fn(a, b, *, spec, ...) is written in jax ops (lower it with lower_fun)."""
+  return {
+      "forward": {None: partners.forward, "cpu": cpu.forward},
+      "backprop_filter": {None: partners.backprop_filter,
+                          "cpu": cpu.backprop_filter},
   }

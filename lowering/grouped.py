@@ -1,11 +1,13 @@
 """Grouped (1 < groups < depth): dense block-diagonal sub-problems.
 
-XLA CPU runs any convolution with feature_group_count > 1 on a slow
+XLA CPU runs any convolution with feature or batch groups on a slow
 generic path.  Here every `per_problem` consecutive groups become one dense
 problem whose filter is block-diagonal (about `TARGET_CHANNELS` channels
-each side; a factor `per_problem` of wasted multiplies by zero), solved by
-the sub-pixel strategy (a plain forward convolution when stride is 1), and
-the results are concatenated along channels.
+each side; a factor `per_problem` of wasted multiplies by zero), and the
+results are concatenated along channels.  The op solves each sub-problem
+with the sub-pixel strategy (a plain forward convolution when stride is
+1); its partner convolutions (the gradients) with their dense forms, the
+filter gradient keeping only the diagonal blocks.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import dataclasses
 import jax.numpy as jnp
 from jax import lax
 
-from lowering import subpixel
+from lowering import partners, subpixel
 from lowering.geometry import ConvSpec
 
 TARGET_CHANNELS = 16
@@ -33,22 +35,57 @@ def groups_per_problem(groups: int, ci: int) -> int:
   return best
 
 
-def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
-  n, groups = spec.ndim, spec.groups
-  kernel, ci, co = filt.shape[:n], filt.shape[n], filt.shape[n + 1]
-  cog = co // groups
-  k = groups_per_problem(groups, ci)
-  dense = dataclasses.replace(spec, groups=1)
-  eye = jnp.eye(k, dtype=filt.dtype)
-  c_axis = spec.feature_axis
-  outs = []
-  for j in range(groups // k):
-    w = filt[..., j * k * cog:(j + 1) * k * cog].reshape(*kernel, ci, k, cog)
-    # Block-diagonal [*K, k*ci, k*cog]: block (a, a) is group j*k + a.
-    w = jnp.einsum("...cam,ab->...acbm", w, eye).reshape(*kernel, k * ci,
-                                                          k * cog)
-    part = lax.slice_in_dim(dy, j * k * cog, (j + 1) * k * cog, axis=c_axis)
-    outs.append(subpixel.backprop_input(w, part, spec=dense,
-                                        acc_dtype=acc_dtype))
-  return jnp.concatenate(outs, axis=c_axis)
+def _split(spec: ConvSpec, ci: int, cog: int):
+  """(dense spec, k, [(in-channel slice, out-channel slice)] per problem)."""
+  k = groups_per_problem(spec.groups, ci)
+  return dataclasses.replace(spec, groups=1), k, [
+      ((j * k * ci, (j + 1) * k * ci), (j * k * cog, (j + 1) * k * cog))
+      for j in range(spec.groups // k)]
 
+
+def _block_diagonal(w, k: int):
+  """[*K, Ci, k*Cog] (k groups) -> [*K, k*Ci, k*Cog], block (a, a) = group a."""
+  *kernel, ci, co = w.shape
+  w = w.reshape(*kernel, ci, k, co // k)
+  w = jnp.einsum("...cam,ab->...acbm", w, jnp.eye(k, dtype=w.dtype))
+  return w.reshape(*kernel, k * ci, co)
+
+
+def _diagonal_blocks(w, k: int):
+  """Inverse of _block_diagonal: keep the k diagonal blocks."""
+  *kernel, kci, co = w.shape
+  w = w.reshape(*kernel, k, kci // k, k, co // k)
+  w = jnp.einsum("...acbm,ab->...cam", w, jnp.eye(k, dtype=w.dtype))
+  return w.reshape(*kernel, kci // k, co)
+
+
+def _channels(a, bounds, spec: ConvSpec):
+  return lax.slice_in_dim(a, *bounds, axis=spec.feature_axis)
+
+
+def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
+  n = spec.ndim
+  dense, k, problems = _split(spec, filt.shape[n],
+                              filt.shape[n + 1] // spec.groups)
+  return jnp.concatenate([subpixel.backprop_input(
+      _block_diagonal(filt[..., slice(*cos)], k), _channels(dy, cos, spec),
+      spec=dense, acc_dtype=acc_dtype) for _, cos in problems],
+                         axis=spec.feature_axis)
+
+
+def forward(x, filt, *, spec: ConvSpec):
+  n = spec.ndim
+  dense, k, problems = _split(spec, filt.shape[n],
+                              filt.shape[n + 1] // spec.groups)
+  return jnp.concatenate([partners.forward(
+      _channels(x, cis, spec), _block_diagonal(filt[..., slice(*cos)], k),
+      spec=dense) for cis, cos in problems], axis=spec.feature_axis)
+
+
+def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
+  c = spec.feature_axis
+  dense, k, problems = _split(spec, x.shape[c] // spec.groups,
+                              dy.shape[c] // spec.groups)
+  return jnp.concatenate([_diagonal_blocks(partners.backprop_filter(
+      _channels(x, cis, spec), _channels(dy, cos, spec), spec=dense,
+      kernel=kernel), k) for cis, cos in problems], axis=-1)

@@ -1,0 +1,41 @@
+"""The op's partner convolutions in their standard forms.
+
+`forward` is TF's Conv2D of x (shaped like the op's result) and
+`backprop_filter` TF's Conv2DBackpropFilter for that forward conv; they
+are the op's transposes (jaxconv/rules.py).  These `lax` forms are what
+XLA's fast paths expect on every platform for one feature group; with
+feature groups, CPU lowers them by dense block-diagonal sub-problems
+instead (lowering/grouped.py, chosen in lowering/cpu.py).
+"""
+from __future__ import annotations
+
+from jax import lax
+
+from lowering.geometry import ConvSpec
+
+
+def forward(x, filt, *, spec: ConvSpec):
+  n = spec.ndim
+  act = (0, spec.feature_axis, *spec.spatial_axes)
+  return lax.conv_general_dilated(
+      x, filt, window_strides=spec.strides, padding=spec.padding,
+      rhs_dilation=spec.dilations,
+      dimension_numbers=lax.ConvDimensionNumbers(act, (n + 1, n, *range(n)),
+                                                 act),
+      feature_group_count=spec.groups)
+
+
+def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
+  n = spec.ndim
+  pads = spec.filter_grad_padding(kernel)
+  for axis, (_, hi) in zip(spec.spatial_axes, pads):
+    if hi < 0:  # never hand a negative pad to the convolution: crop x instead
+      x = lax.slice_in_dim(x, 0, x.shape[axis] + hi, axis=axis)
+  act = (spec.feature_axis, 0, *spec.spatial_axes)  # batch <-> feature swapped
+  return lax.conv_general_dilated(
+      x, dy, window_strides=spec.dilations,
+      padding=[(lo, max(hi, 0)) for lo, hi in pads],
+      rhs_dilation=spec.strides,
+      dimension_numbers=lax.ConvDimensionNumbers(act, act,
+                                                 (n, n + 1, *range(n))),
+      batch_group_count=spec.groups)
