@@ -6,7 +6,10 @@ For each layer: d/d(out_backprop) through the op (a forward conv inside)
 vs `lax.conv_general_dilated` itself; d/d(filter) through the op vs JAX's
 filter gradient of that forward conv; and a vmapped batch of B filters vs
 one call (the vmapped batch should cost about B single calls' FLOPs in ONE
-grouped call).  Target: within 1.25x of the standard convolutions (CPU).
+grouped call).  Target: within 1.25x of the standard convolutions (CPU);
+for grouped layers the standard ones are XLA CPU's grouped convolutions,
+which the op's gradients avoid (lowering/grouped.py), so expect ratios far
+below 1 there (and a slow run: XLA's grouped filter gradient takes seconds).
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ LAYERS = {
     "unet-up s2 64x64 64<-128 k3 N8": ((8, 64, 64, 64), (3, 3, 64, 128), 2),
     "dcgan s2 32x32 128<-256 k5 N16": ((16, 32, 32, 128), (5, 5, 128, 256), 2),
     "dense s1 56x56 64->64 k3 N8": ((8, 56, 56, 64), (3, 3, 64, 64), 1),
+    "grouped g32 s1 28x28 256 k3 N8": ((8, 28, 28, 256), (3, 3, 8, 256), 1),
+    "depthwise s2 56x56 128 k3 N8": ((8, 56, 56, 128), (3, 3, 1, 128), 2),
 }
 
 
@@ -39,8 +44,9 @@ def bench_layer(x_shape, w_shape, stride, reps, vmap_b):
   w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
   s = (stride, stride)
   dn = ("NHWC", "HWIO", "NHWC")
-  fwd = lambda x, w: lax.conv_general_dilated(x, w, s, "SAME",
-                                              dimension_numbers=dn)
+  fwd = lambda x, w: lax.conv_general_dilated(
+      x, w, s, "SAME", dimension_numbers=dn,
+      feature_group_count=x_shape[3] // w_shape[2])
   dy = fwd(x, w)
   op = lambda w, dy: jaxconv.conv2d_backprop_input(
       list(x_shape), w, dy, [1, *s, 1], "SAME")
@@ -75,9 +81,14 @@ def main():
   parser.add_argument("--reps", type=int, default=15)
   parser.add_argument("--vmap", type=int, default=4, help="B for the vmap row")
   parser.add_argument("--json", help="write results here")
+  parser.add_argument("--layers", help="comma-separated substrings of layer "
+                      f"names ({'; '.join(LAYERS)})")
   args = parser.parse_args()
   steady_allocator()
   layers = dict(list(LAYERS.items())[:1]) if args.quick else LAYERS
+  if args.layers:
+    keys = args.layers.split(",")
+    layers = {k: v for k, v in LAYERS.items() if any(p in k for p in keys)}
   reps = 3 if args.quick else args.reps
   results = {}
   for i, (name, (xs, ws, s)) in enumerate(layers.items()):

@@ -9,7 +9,8 @@ All three are bilinear and each is the other two's transpose (see
   backprop_filter(x, dy)               T_x: op(ct, dy)               T_dy: forward(x, ct)
 
 Batching folds a batched out_backprop into the batch and a batched filter
-into feature groups: one call, never a loop.  The partners batch through
+into feature groups (a depthwise one shares a broadcast out_backprop): one
+call, never a loop.  The partners batch through
 JAX's own convolution batching.
 """
 from __future__ import annotations
@@ -59,6 +60,12 @@ def _batch_rule(args, dims, *, spec: ConvSpec):
     return out.reshape(b, batch, *out.shape[1:]), 0
   filt = jnp.moveaxis(filt, f_dim, 0)
   b = filt.shape[0]
+  if dy_dim is None and filt.shape[n + 1] == 1 and spec.groups > 1:
+    # Depthwise: stacking filters on the in-depth would make it a grouped
+    # op; depthwise kernels are far faster, so share dy among b*groups
+    # groups instead (CPU, 4 filters, 56x56x128 s2: 17.8 ms vs 62).
+    dy = jnp.broadcast_to(dy, (b, *dy.shape))
+    dy_dim = 0
   if dy_dim is None:
     # Batched filter only: stack the filters along their in-depth, so each
     # group's result channels are [b, c_in/groups]; no copy of dy.

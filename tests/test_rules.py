@@ -6,6 +6,7 @@ import pytest
 from absl.testing import parameterized
 from jax.test_util import check_grads
 
+import jaxconv
 from tests import configs
 from tests.helpers import run_op, run_reference
 
@@ -232,3 +233,24 @@ class NestedBatchingTest(parameterized.TestCase):
     self.assertEqual(prims.count("conv_backprop_input"), 1)
     self.assertNotIn("while", prims)
     self.assertNotIn("scan", prims)
+
+
+def test_batched_filters_of_a_depthwise_op_stay_depthwise():
+  # One call with b * C groups of in-depth 1 (the depthwise strategy), not
+  # the in-depth stack of ungrouped ops (which would make it grouped).
+  rng = np.random.default_rng(5)
+  ws = rng.standard_normal((3, 3, 2, 1, 4))  # 3 filters, depthwise, C = 4
+  dy = rng.standard_normal((2, 4, 3, 4))
+  op = lambda w, dy: jaxconv.conv2d_backprop_input([2, 7, 5, 4], w, dy,
+                                                   [1, 2, 2, 1], "SAME")
+  jaxpr = jax.make_jaxpr(jax.vmap(op, in_axes=(0, None)))(ws, dy)
+  calls = [e for e in jaxpr.eqns if e.primitive.name == "conv_backprop_input"]
+  assert len(calls) == 1
+  assert calls[0].params["spec"].groups == 12
+  assert calls[0].invars[0].aval.shape[2] == 1
+  got = jax.jit(jax.vmap(op, in_axes=(0, None)))(ws, dy)
+  for i in range(3):
+    np.testing.assert_allclose(got[i], run_reference(
+        dict(input_sizes=[2, 7, 5, 4], strides=[1, 2, 2, 1], padding="SAME",
+             explicit_paddings=[], data_format="NHWC", dilations=[1, 1, 1, 1]),
+        ws[i], dy), rtol=1e-12, atol=1e-12)

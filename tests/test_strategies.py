@@ -102,6 +102,23 @@ def test_exact_in_1d_and_3d(strategy, ndim):
                    (strategy, spec))
 
 
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_gradients_in_1d_to_3d(ndim):
+  # The partner convolutions (grouped ones split on CPU) are the reference
+  # op's adjoints: <op(w, dy), ct> = <dy, T_dy(ct)> = <w, T_w(ct)>.
+  rng = np.random.default_rng(10 + ndim)
+  for _ in range(8):
+    spec, w, dy = _random_nd_case(rng, ndim)
+    want = reference.for_spec(w, dy, spec)
+    ct = rng.standard_normal(want.shape)
+    _, vjp = jax.vjp(lambda w, dy, spec=spec:
+                     jaxconv.conv2d_backprop_input_p.bind(w, dy, spec=spec), w, dy)
+    ct_w, ct_dy = jax.jit(vjp)(ct)
+    lhs = np.vdot(want, ct)
+    np.testing.assert_allclose(np.vdot(dy, ct_dy), lhs, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(np.vdot(w, ct_w), lhs, rtol=1e-10, atol=1e-10)
+
+
 STRATEGY_LAYERS = {
     # strategy: (input_sizes NHWC, filter, strides)
     "canonical": ([2, 9, 8, 4], (3, 2, 4, 6), [1, 2, 2, 1]),
