@@ -1,4 +1,4 @@
-"""Depthwise (groups == input depth): fused sums of shifted products, per phase.
+"""Depthwise (groups == input depth): fused sums of shifted products.
 
     dx[n, i, c] = sum_t sum_m  dy[n, o, c*M + m] * w[t, 0, c*M + m],
                   i = o*s - pb + t*d        (M: the channel multiplier)
@@ -7,11 +7,15 @@ For each output phase (lowering/phases.py), the taps of that phase add
 dy * w_t shifted by their block offsets: an elementwise product (the
 multiplier unrolled as strided channel slices) that XLA fuses into one
 memory-bound loop at block resolution; one depth-to-space interleaves the
-phases.  No convolution, no dot.
+phases.  No convolution, no dot.  The forward partner (the gradient with
+respect to dy) is the same kind of sum over strided slices of the padded x.
 """
 from __future__ import annotations
 
+import itertools
+
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lowering import phases
@@ -47,3 +51,29 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
   out = phases.interleave(per_phase, plans, spec.strides, spec.input_spatial)
   out = out.astype(out_dtype)
   return out if spec.channels_last else jnp.moveaxis(out, -1, 1)
+
+
+def forward(x, filt, *, spec: ConvSpec):
+  """TF's depthwise Conv2D: y[n, o, c*M + m] = sum_t x[n, o*s - pb + t*d, c]
+  * w[t, 0, c*M + m], accumulated in float32 for half precision."""
+  n = spec.ndim
+  out_dtype = x.dtype
+  acc = np.float32 if np.dtype(out_dtype).itemsize == 2 else out_dtype
+  kernel, co = filt.shape[:n], filt.shape[n + 1]
+  if not spec.channels_last:
+    x = jnp.moveaxis(x, 1, -1)
+  x = jnp.repeat(x.astype(acc), co // spec.groups, axis=-1)  # [N, *I, C*M]
+  w = filt.astype(acc)
+  out_spatial = spec.out_backprop_spatial(kernel)
+  x = lax.pad(x, jnp.zeros((), acc),
+              [(0, 0, 0), *[(lo, hi, 0) for lo, hi in spec.padding], (0, 0, 0)])
+  total = jnp.zeros((x.shape[0], *out_spatial, co), acc)
+  for tap in itertools.product(*(range(k) for k in kernel)):
+    first = [t * d for t, d in zip(tap, spec.dilations)]
+    last = [f + (o - 1) * s + 1 for f, o, s in zip(first, out_spatial,
+                                                   spec.strides)]
+    window = lax.slice(x, [0, *first, 0], [x.shape[0], *last, co],
+                       [1, *spec.strides, 1])
+    total = total + window * w[tap + (0,)]
+  total = total.astype(out_dtype)
+  return total if spec.channels_last else jnp.moveaxis(total, -1, 1)

@@ -10,7 +10,7 @@ import pytest
 from jax import export
 
 import lowering
-from lowering import cpu, geometry
+from lowering import cpu, geometry, partners
 from tests import configs
 from tests.helpers import assert_close, run_op, run_reference
 from tests.test_lowering import negative_conv_pads
@@ -117,6 +117,35 @@ def test_gradients_in_1d_to_3d(ndim):
     lhs = np.vdot(want, ct)
     np.testing.assert_allclose(np.vdot(dy, ct_dy), lhs, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(np.vdot(w, ct_w), lhs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_cpu_partners_match_the_standard_forms(dtype):
+  # Grouped and depthwise partner convolutions on CPU (lowering/cpu.py) vs
+  # the standard lax forms, 1-3 spatial dims, both layouts, multipliers.
+  rng = np.random.default_rng(3)
+  tol = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 2e-2}[dtype]
+  kinds = []
+  while len(kinds) < 12:
+    spec, w, dy = _random_nd_case(rng, int(rng.integers(1, 4)))
+    if spec.groups == 1:
+      continue
+    kinds.append("depthwise" if w.shape[spec.ndim] == 1 else "grouped")
+    x = rng.standard_normal(spec.activation_shape(
+        dy.shape[0], spec.groups * w.shape[spec.ndim], spec.input_spatial))
+    kernel = w.shape[:spec.ndim]
+    x, w, dy = (jnp.asarray(a, dtype) for a in (x, w, dy))
+    for ours, standard, args, params in (
+        (cpu.forward, partners.forward, (x, w), {}),
+        (cpu.backprop_filter, partners.backprop_filter, (x, dy),
+         {"kernel": kernel})):
+      got = jax.jit(lambda a, b: ours(a, b, spec=spec, **params))(*args)
+      want = jax.jit(lambda a, b: standard(
+          a.astype(np.float64), b.astype(np.float64), spec=spec, **params))(*args)
+      assert got.dtype == x.dtype
+      scale = max(1.0, float(jnp.max(jnp.abs(want))))
+      assert float(jnp.max(jnp.abs(got.astype(np.float64) - want))) <= tol * scale
+  assert set(kinds) == {"depthwise", "grouped"}
 
 
 STRATEGY_LAYERS = {
