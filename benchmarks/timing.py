@@ -15,15 +15,16 @@ import jax
 # the OS, so a process that allocates large fresh outputs per call (XLA CPU
 # does) page-faults them in again on every call until the threshold has
 # grown: measured here, a 16 MB-output layer ran 10-16 ms for the first
-# minute of a process and 3.7 ms once steady.  Pinning the thresholds makes
-# every candidate (jaxconv, XLA, TF, PyTorch alike) run at its steady state.
+# minute of a process and 3.7 ms once steady.  Pinning the thresholds (and
+# a short warm-up: the first seconds stay slow, for reasons not pinned down)
+# lets every candidate (jaxconv, XLA, TF, PyTorch alike) run steady.
 STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20),
                  "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
 
 
 def steady_allocator() -> None:
   """Re-execute this process once with glibc's malloc thresholds pinned
-  (STEADY_MALLOC); call first thing in a benchmark's main()."""
+  (STEADY_MALLOC); call in a benchmark's main() once its arguments parse."""
   if any(os.environ.get(k) != v for k, v in STEADY_MALLOC.items()):
     os.execve(sys.executable, [sys.executable, *sys.argv],
               {**os.environ, **STEADY_MALLOC})
