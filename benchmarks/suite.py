@@ -235,6 +235,11 @@ def run_case(case, reps, with_strategies, rng):
   }
 
 
+def _mb(r, name):
+  peak = r["peak_bytes"].get(name)
+  return "n/a" if peak is None else f"{peak / 2**20:.1f}"
+
+
 def print_row(r):
   ms = r["ms"]
   cell = lambda k: f"{ms[k]:8.2f}" if k in ms else "     n/a"
@@ -242,7 +247,8 @@ def print_row(r):
         f"{cell('canonical')} {cell('tensorflow')} {cell('pytorch')} "
         f"{cell('forward_conv')} {cell('matmul')} "
         f"{r['ratio_to_best_peer']:6.2f}x {r['speedup_vs_canonical']:7.2f}x "
-        f"{r['compile_ratio']:5.2f}x", flush=True)
+        f"{r['compile_ratio']:5.2f}x {_mb(r, 'jaxconv'):>7s} "
+        f"{_mb(r, 'canonical'):>7s}", flush=True)
   extra = {k: v for k, v in ms.items() if k.startswith("strategy:")}
   if extra:
     print("    " + "  ".join(f"{k[9:]} {v:.2f} ms" for k, v in extra.items()))
@@ -295,7 +301,8 @@ def main(argv=None):
   out.mkdir(parents=True, exist_ok=True)
   print(f"{'class':34s} {'strategy':12s} {'jaxconv':>8s} {'canon.':>8s} "
         f"{'TF':>8s} {'torch':>8s} {'fwd':>8s} {'matmul':>8s} {'/best':>7s} "
-        f"{'vs can.':>8s} {'compile':>6s}   (ms)")
+        f"{'vs can.':>8s} {'compile':>6s} {'MB':>7s} {'can. MB':>7s}   "
+        "(ms; MB: peak temp + output memory, XLA's memory analysis)")
   results = []
   rng = np.random.default_rng(0)
   progress(f"warming up on {cases[0].name} (untimed) ...")
