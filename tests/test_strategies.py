@@ -159,14 +159,19 @@ STRATEGY_LAYERS = {
 }
 
 
-def _layer(strategy):
+def _layer(strategy, data_format="NHWC"):
   sizes, fshape, strides = STRATEGY_LAYERS[strategy]
+  if data_format == "NCHW":
+    sizes = [sizes[0], sizes[3], *sizes[1:3]]
+    strides = [1, 1, *strides[1:3]]
   rng = np.random.default_rng(0)
   w = rng.standard_normal(fshape).astype(np.float32)
   dy_shape = jax.eval_shape(lambda x: jax.lax.conv_general_dilated(
-      x, jnp.zeros(fshape, np.float32), strides[1:3], "SAME",
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=sizes[3] // fshape[2]),
+      x, jnp.zeros(fshape, np.float32), strides[1:3] if data_format == "NHWC"
+      else strides[2:], "SAME",
+      dimension_numbers=(data_format, "HWIO", data_format),
+      feature_group_count=(sizes[3] if data_format == "NHWC" else sizes[1])
+      // fshape[2]),
       jax.ShapeDtypeStruct(sizes, np.float32)).shape
   dy = rng.standard_normal(dy_shape).astype(np.float32)
 
@@ -174,7 +179,8 @@ def _layer(strategy):
     s = list(sizes)
     if batch is not None:
       s[0] = batch
-    return jaxconv.conv2d_backprop_input(s, w, dy, strides, "SAME")
+    return jaxconv.conv2d_backprop_input(s, w, dy, strides, "SAME",
+                                         data_format=data_format)
   return op, w, dy
 
 
@@ -196,9 +202,10 @@ def test_no_zero_inflated_input(strategy):
   assert negative_conv_pads(text) == []
 
 
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES)
-def test_symbolic_batch_export(strategy):
-  op, w, dy = _layer(strategy)
+def test_symbolic_batch_export(strategy, data_format):
+  op, w, dy = _layer(strategy, data_format)
   b, = export.symbolic_shape("b")
   with lowering.force_strategy(strategy):
     exp = export.export(jax.jit(lambda w, dy: op(w, dy, batch=dy.shape[0])),
