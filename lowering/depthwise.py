@@ -7,8 +7,9 @@ For each output phase (lowering/phases.py), the taps of that phase add
 dy * w_t shifted by their block offsets: an elementwise product (the
 multiplier unrolled as strided channel slices) that XLA fuses into one
 memory-bound loop at block resolution; one depth-to-space interleaves the
-phases.  No convolution, no dot.  The forward partner (the gradient with
-respect to dy) is the same kind of sum over strided slices of the padded x.
+phases.  No convolution, no dot.  The partner convolutions (the gradients)
+work on strided windows of the padded x: the forward one as the same kind
+of fused sum, the filter gradient as one reduction per tap.
 """
 from __future__ import annotations
 
@@ -53,27 +54,55 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
   return out if spec.channels_last else jnp.moveaxis(out, -1, 1)
 
 
-def forward(x, filt, *, spec: ConvSpec):
-  """TF's depthwise Conv2D: y[n, o, c*M + m] = sum_t x[n, o*s - pb + t*d, c]
-  * w[t, 0, c*M + m], accumulated in float32 for half precision."""
-  n = spec.ndim
-  out_dtype = x.dtype
-  acc = np.float32 if np.dtype(out_dtype).itemsize == 2 else out_dtype
-  kernel, co = filt.shape[:n], filt.shape[n + 1]
-  if not spec.channels_last:
-    x = jnp.moveaxis(x, 1, -1)
-  x = jnp.repeat(x.astype(acc), co // spec.groups, axis=-1)  # [N, *I, C*M]
-  w = filt.astype(acc)
-  out_spatial = spec.out_backprop_spatial(kernel)
-  x = lax.pad(x, jnp.zeros((), acc),
+def _windows(x, spec: ConvSpec, kernel, out_spatial):
+  """(tap, x at o*s - pb + t*d for every output position o), x channels-last."""
+  x = lax.pad(x, jnp.zeros((), x.dtype),
               [(0, 0, 0), *[(lo, hi, 0) for lo, hi in spec.padding], (0, 0, 0)])
-  total = jnp.zeros((x.shape[0], *out_spatial, co), acc)
   for tap in itertools.product(*(range(k) for k in kernel)):
     first = [t * d for t, d in zip(tap, spec.dilations)]
     last = [f + (o - 1) * s + 1 for f, o, s in zip(first, out_spatial,
                                                    spec.strides)]
-    window = lax.slice(x, [0, *first, 0], [x.shape[0], *last, co],
-                       [1, *spec.strides, 1])
+    yield tap, lax.slice(x, [0, *first, 0], [x.shape[0], *last, x.shape[-1]],
+                         [1, *spec.strides, 1])
+
+
+def _channels_last_in(x, spec: ConvSpec, mult: int, acc):
+  """x in acc, channels-last, each channel repeated `mult` times (C*M)."""
+  if not spec.channels_last:
+    x = jnp.moveaxis(x, 1, -1)
+  return jnp.repeat(x.astype(acc), mult, axis=-1)
+
+
+def _acc(dtype):
+  return np.float32 if np.dtype(dtype).itemsize == 2 else dtype
+
+
+def forward(x, filt, *, spec: ConvSpec):
+  """TF's depthwise Conv2D: y[n, o, c*M + m] = sum_t x[n, o*s - pb + t*d, c]
+  * w[t, 0, c*M + m], accumulated in float32 for half precision."""
+  n, out_dtype = spec.ndim, x.dtype
+  acc = _acc(out_dtype)
+  kernel, co = filt.shape[:n], filt.shape[n + 1]
+  out_spatial = spec.out_backprop_spatial(kernel)
+  x = _channels_last_in(x, spec, co // spec.groups, acc)
+  w = filt.astype(acc)
+  total = jnp.zeros((x.shape[0], *out_spatial, co), acc)
+  for tap, window in _windows(x, spec, kernel, out_spatial):
     total = total + window * w[tap + (0,)]
   total = total.astype(out_dtype)
   return total if spec.channels_last else jnp.moveaxis(total, -1, 1)
+
+
+def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
+  """Its filter gradient: dw[t, 0, c*M + m] = sum over n, o of
+  x[n, o*s - pb + t*d, c] * dy[n, o, c*M + m], one reduction per tap."""
+  n, out_dtype = spec.ndim, x.dtype
+  acc = _acc(out_dtype)
+  co = dy.shape[spec.feature_axis]
+  if not spec.channels_last:
+    dy = jnp.moveaxis(dy, 1, -1)
+  out_spatial, dy = dy.shape[1:n + 1], dy.astype(acc)
+  x = _channels_last_in(x, spec, co // spec.groups, acc)
+  taps = [jnp.sum(window * dy, axis=tuple(range(n + 1)))
+          for _, window in _windows(x, spec, kernel, out_spatial)]
+  return jnp.stack(taps).reshape(*kernel, 1, co).astype(out_dtype)
