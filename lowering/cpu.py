@@ -135,6 +135,11 @@ def chosen(spec: ConvSpec, filter_shape, dtype) -> str:
   return name
 
 
+def _accumulation(dtype):
+  """Half precision accumulates in float32 and rounds once; others as is."""
+  return np.float32 if np.dtype(dtype).itemsize == 2 else None
+
+
 def lower(ctx, filt, dy, *, spec: ConvSpec):
   filt_aval, _ = ctx.avals_in
   out_aval, = ctx.avals_out
@@ -143,8 +148,8 @@ def lower(ctx, filt, dy, *, spec: ConvSpec):
   name = chosen(spec, filt_aval.shape, out_aval.dtype)
   if name == "canonical":
     return canonical.lower(ctx, filt, dy, spec=spec, accumulate_f32=True)
-  acc = np.float32 if np.dtype(out_aval.dtype).itemsize == 2 else None
-  fn = functools.partial(_STRATEGIES[name][0], spec=spec, acc_dtype=acc)
+  fn = functools.partial(_STRATEGIES[name][0], spec=spec,
+                         acc_dtype=_accumulation(out_aval.dtype))
   return mlir.lower_fun(fn, multiple_results=False)(ctx, filt, dy)
 
 
@@ -159,7 +164,8 @@ def forward(x, filt, *, spec: ConvSpec):
   k5 s1: 5.8 vs 32.9, 215), other groups split (g32 28x28 256: 9.0 ms vs
   69.6 grouped convolution)."""
   if depthwise.applies(spec, filt.shape):
-    return depthwise.forward(x, filt, spec=spec)
+    return depthwise.forward(x, filt, spec=spec,
+                             acc_dtype=_accumulation(x.dtype))
   fn = grouped.forward if spec.groups > 1 else partners.forward
   return fn(x, filt, spec=spec)
 
@@ -174,6 +180,7 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   filter_shape = (*kernel, x.shape[c] // spec.groups, dy.shape[c])
   if (depthwise.applies(spec, filter_shape)
       and any(s > 1 for s in spec.strides)):
-    return depthwise.backprop_filter(x, dy, spec=spec, kernel=kernel)
+    return depthwise.backprop_filter(x, dy, spec=spec, kernel=kernel,
+                                     acc_dtype=_accumulation(x.dtype))
   fn = grouped.backprop_filter if spec.groups > 1 else partners.backprop_filter
   return fn(x, dy, spec=spec, kernel=kernel)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from lowering import phases
@@ -73,15 +72,11 @@ def _channels_last_in(x, spec: ConvSpec, mult: int, acc):
   return jnp.repeat(x.astype(acc), mult, axis=-1)
 
 
-def _acc(dtype):
-  return np.float32 if np.dtype(dtype).itemsize == 2 else dtype
-
-
-def forward(x, filt, *, spec: ConvSpec):
+def forward(x, filt, *, spec: ConvSpec, acc_dtype=None):
   """TF's depthwise Conv2D: y[n, o, c*M + m] = sum_t x[n, o*s - pb + t*d, c]
-  * w[t, 0, c*M + m], accumulated in float32 for half precision."""
+  * w[t, 0, c*M + m], accumulated in `acc_dtype`."""
   n, out_dtype = spec.ndim, x.dtype
-  acc = _acc(out_dtype)
+  acc = acc_dtype or out_dtype
   kernel, co = filt.shape[:n], filt.shape[n + 1]
   out_spatial = spec.out_backprop_spatial(kernel)
   x = _channels_last_in(x, spec, co // spec.groups, acc)
@@ -93,11 +88,11 @@ def forward(x, filt, *, spec: ConvSpec):
   return total if spec.channels_last else jnp.moveaxis(total, -1, 1)
 
 
-def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
+def backprop_filter(x, dy, *, spec: ConvSpec, kernel, acc_dtype=None):
   """Its filter gradient: dw[t, 0, c*M + m] = sum over n, o of
   x[n, o*s - pb + t*d, c] * dy[n, o, c*M + m], one reduction per tap."""
   n, out_dtype = spec.ndim, x.dtype
-  acc = _acc(out_dtype)
+  acc = acc_dtype or out_dtype
   co = dy.shape[spec.feature_axis]
   if not spec.channels_last:
     dy = jnp.moveaxis(dy, 1, -1)

@@ -78,6 +78,14 @@ def block_pads(plans, tap, out_spatial):
           for p, t, o in zip(plans, tap, out_spatial)]
 
 
+def crop_negative_pads(x, axis: int, lo: int, hi: int):
+  """(x cropped where lo/hi are negative, (lo, hi) clipped at 0): the
+  padding a convolution gets, never negative."""
+  start, stop = max(-lo, 0), x.shape[axis] - max(-hi, 0)
+  x = lax.slice_in_dim(x, start, max(stop, start), axis=axis)
+  return x, (max(lo, 0), max(hi, 0))
+
+
 def interleave(per_phase, plans, strides, input_spatial, channels_last=True):
   """Per-phase [N, *B, C] (or [C, N, *B]) results in taps_by_phase order ->
   [N, *I, C] (or [N, C, *I])."""

@@ -57,10 +57,8 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
       step = d // math.gcd(d, s)
       lo = -plan.offset[t_desc[0]]
       hi = plan.blocks + (len(t_desc) - 1) * step - o - lo
-      # Never a negative pad in a convolution: crop dy instead.
-      start, stop = max(-lo, 0), x.shape[axis] - max(-hi, 0)
-      x = lax.slice_in_dim(x, start, max(stop, start), axis=axis)
-      pads.append((max(lo, 0), max(hi, 0)))
+      x, pad = phases.crop_negative_pads(x, axis, lo, hi)
+      pads.append(pad)
       dilation.append(step)
     y = lax.conv_general_dilated(
         x, _taps(filt, dim_taps), (1,) * n, pads, rhs_dilation=dilation,

@@ -57,9 +57,8 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
   for axis, plan, o in zip(spatial_axes, plans, out_spatial):
     lo = -min(plan.offset)
     hi = plan.blocks - 1 + min(plan.offset) + plan.window - o
-    start, stop = max(-lo, 0), o - max(-hi, 0)
-    x = lax.slice_in_dim(x, start, max(stop, start), axis=axis)
-    pads.append((max(lo, 0), max(hi, 0)))
+    x, pad = phases.crop_negative_pads(x, axis, lo, hi)
+    pads.append(pad)
   act = (0, spec.feature_axis, *spatial_axes)
   y = lax.conv_general_dilated(
       x, comb, (1,) * n, pads,
