@@ -15,8 +15,8 @@ import math
 import numpy as np
 from jax.interpreters import mlir
 
-from lowering import (canonical, depthwise, gemm_col2im, grouped, partners,
-                      subpixel, subpixel_fused)
+from lowering import (canonical, depthwise, eigen_conv, gemm_col2im, grouped,
+                      partners, subpixel, subpixel_fused)
 from lowering.geometry import ConvSpec
 
 
@@ -95,9 +95,11 @@ def choose(spec: ConvSpec, filter_shape, dtype) -> tuple[str, str]:
         "grouped: dense block-diagonal sub-problems (g32 28x28 256: 10.4 ms "
         "vs 70.8 ms canonical)")
   if all(s == 1 for s in spec.strides):
-    return "canonical", (
-        "stride 1: XLA's fast stride-1 path; the sub-pixel forms compile to "
-        "the same forward convolution (dense s1: 23.3 vs 21.5-22.3 ms, noise)")
+    return "subpixel", (
+        "stride 1: one forward convolution on XLA's Eigen kernel "
+        "(lowering/eigen_conv.py; dense s1 56x56 64: 13.7-14.7 ms vs "
+        "22.9-24.9 canonical, NCHW 14.7-15.2 vs 25.7-30.0; atrous d2: "
+        "26.3-26.8 vs 29.3-30.6)")
   if any(d > 1 for d in spec.dilations):
     return "gemm_col2im", (
         "stride and dilation: 1.8 ms vs 4.3 ms canonical (s2+d2 32x32 64)")
@@ -166,8 +168,9 @@ def forward(x, filt, *, spec: ConvSpec):
   if depthwise.applies(spec, filt.shape):
     return depthwise.forward(x, filt, spec=spec,
                              acc_dtype=_accumulation(x.dtype))
-  fn = grouped.forward if spec.groups > 1 else partners.forward
-  return fn(x, filt, spec=spec)
+  if spec.groups > 1:
+    return grouped.forward(x, filt, spec=spec)
+  return partners.forward(x, filt, spec=spec, conv=eigen_conv.conv)
 
 
 def backprop_filter(x, dy, *, spec: ConvSpec, kernel):

@@ -14,10 +14,11 @@ from jax import lax
 from lowering.geometry import ConvSpec
 
 
-def forward(x, filt, *, spec: ConvSpec):
+def forward(x, filt, *, spec: ConvSpec, conv=lax.conv_general_dilated):
+  """conv: the convolution to emit (lax's signature; CPU passes its own)."""
   n = spec.ndim
   act = (0, spec.feature_axis, *spec.spatial_axes)
-  return lax.conv_general_dilated(
+  return conv(
       x, filt, window_strides=spec.strides, padding=spec.padding,
       rhs_dilation=spec.dilations,
       dimension_numbers=lax.ConvDimensionNumbers(act, (n + 1, n, *range(n)),

@@ -14,7 +14,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from lowering import phases
+from lowering import eigen_conv, phases
 from lowering.geometry import ConvSpec
 
 
@@ -60,7 +60,7 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
       x, pad = phases.crop_negative_pads(x, axis, lo, hi)
       pads.append(pad)
       dilation.append(step)
-    y = lax.conv_general_dilated(
+    y = eigen_conv.conv(
         x, _taps(filt, dim_taps), (1,) * n, pads, rhs_dilation=dilation,
         dimension_numbers=lax.ConvDimensionNumbers(act, (n, n + 1, *range(n)),
                                                    act),

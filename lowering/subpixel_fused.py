@@ -12,7 +12,7 @@ import numpy as np
 import jax.numpy as jnp
 from jax import lax
 
-from lowering import phases
+from lowering import eigen_conv, phases
 from lowering.geometry import ConvSpec
 
 
@@ -60,8 +60,8 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
     x, pad = phases.crop_negative_pads(x, axis, lo, hi)
     pads.append(pad)
   act = (0, spec.feature_axis, *spatial_axes)
-  y = lax.conv_general_dilated(
-      x, comb, (1,) * n, pads,
+  y = eigen_conv.conv(
+      x, comb, (1,) * n, pads, rhs_dilation=(1,) * n,
       dimension_numbers=lax.ConvDimensionNumbers(act, (n + 1, n, *range(n)),
                                                  act),
       preferred_element_type=acc_dtype).astype(out_dtype)

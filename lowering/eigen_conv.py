@@ -1,0 +1,67 @@
+"""Convolutions in the form XLA CPU runs on its Eigen kernel.
+
+XLA CPU (jax 0.10) hands a 2-D float32 convolution with more than 16
+channels to YNNPACK unless, along some spatial dim, its output is larger
+than its input (or its kernel, which sends it to a slow loop instead);
+those it runs on Eigen's multi-threaded convolution.  On the project's
+2-core machine Eigen was faster on every layer measured, and YNNPACK does
+not speed up with the second core: stride-1 dense 56x56 64: 11-12 ms vs
+15-22; the suite's forward convolutions 1.2-2.8x.  So a stride-1
+convolution YNNPACK would take computes one more output row (one more pad
+at the end of its first spatial dim) and drops it: 1/H more work, at most
+a quarter.  Strided convolutions and filter gradients (outputs the size of
+the filter) have no cheap way out and stay with YNNPACK.
+tests/test_eigen_conv.py pins the premise and the result.
+"""
+from __future__ import annotations
+
+import numpy as np
+from jax import lax
+
+from lowering.geometry import effective_size
+
+_YNN_MAX_CHANNELS = 16  # YNNPACK leaves convolutions this narrow to Eigen
+_MAX_EXTRA_WORK = 0.25  # beyond this, leave the convolution to YNNPACK
+
+
+def _ynn_would_take(lhs, rhs, window_strides, padding, rhs_dilation,
+                    dimension_numbers) -> bool:
+  lhs_spec, rhs_spec, _ = dimension_numbers
+  if len(padding) != 2 or lhs.dtype != np.float32:
+    return False
+  if max(lhs.shape[lhs_spec[1]], rhs.shape[rhs_spec[0]]) <= _YNN_MAX_CHANNELS:
+    return False
+  for a, k, s, (lo, hi), d in zip(lhs_spec[2:], rhs_spec[2:], window_strides,
+                                  padding, rhs_dilation):
+    size, taps = lhs.shape[a], rhs.shape[k]  # taps: undilated, as YNNPACK counts
+    if taps > size or (size + lo + hi - effective_size(taps, d)) // s + 1 > size:
+      return False
+  return True
+
+
+def conv(lhs, rhs, window_strides, padding, *, rhs_dilation,
+         dimension_numbers, feature_group_count=1,
+         preferred_element_type=None):
+  """lax.conv_general_dilated as XLA CPU runs it fastest.
+
+  dimension_numbers: a lax.ConvDimensionNumbers of axis indices.
+  """
+  padding = [tuple(p) for p in padding]
+  lhs_spec, rhs_spec, out_spec = dimension_numbers
+  (lo, hi), d = padding[0], rhs_dilation[0]
+  out = lhs.shape[lhs_spec[2]] + lo + hi - effective_size(
+      rhs.shape[rhs_spec[2]], d) + 1
+  extra_row = (all(s == 1 for s in window_strides)
+               and 0 < out and 1 / out <= _MAX_EXTRA_WORK
+               and _ynn_would_take(lhs, rhs, window_strides, padding,
+                                   rhs_dilation, dimension_numbers))
+  if extra_row:
+    padding[0] = (lo, hi + 1)
+  y = lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      preferred_element_type=preferred_element_type)
+  if extra_row:
+    y = lax.slice_in_dim(y, 0, out, axis=out_spec[2])
+  return y

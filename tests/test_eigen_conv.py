@@ -1,0 +1,108 @@
+"""lowering/eigen_conv.py: the same convolution, on XLA CPU's Eigen kernel."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxconv
+import lowering
+from lowering import eigen_conv
+
+
+def ynn_convolutions(fn, *args):
+  """How many convolutions XLA CPU compiled `fn` into YNNPACK fusions."""
+  text = jax.jit(fn).lower(*args).compile().as_text()
+  bodies = dict(re.findall(r"^(%\S+) \([^\n]*\{\n(.*?)^\}", text, re.M | re.S))
+  fused = re.findall(r'calls=(%[^,\s]+).*"kind":"__ynn_fusion"', text)
+  return sum("convolution(" in bodies[name] for name in fused)
+
+
+def _case(rng, channels_last):
+  """A random 2-D float32 conv with more than 16 channels."""
+  spatial = rng.integers(4, 9, size=2)
+  d = rng.integers(1, 3, size=2)
+  k = rng.integers(1, 4, size=2)
+  pads = [tuple(int(p) for p in rng.integers(0, 3, size=2)) for _ in range(2)]
+  c, o = (int(v) for v in rng.integers(17, 25, size=2))
+  lhs_shape = (2, *spatial, c) if channels_last else (2, c, *spatial)
+  act = (0, 3, 1, 2) if channels_last else (0, 1, 2, 3)
+  dn = lax.ConvDimensionNumbers(act, (3, 2, 0, 1), act)
+  lhs = rng.standard_normal(lhs_shape).astype(np.float32)
+  rhs = rng.standard_normal((*k, c, o)).astype(np.float32)
+  return lhs, rhs, pads, tuple(int(v) for v in d), dn
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("strides", [(1, 1), (2, 1)])
+def test_same_result_as_lax(channels_last, strides):
+  rng = np.random.default_rng(0)
+  changed = 0
+  for _ in range(12):
+    lhs, rhs, pads, dil, dn = _case(rng, channels_last)
+    fn = jax.jit(lambda a, b: eigen_conv.conv(
+        a, b, strides, pads, rhs_dilation=dil, dimension_numbers=dn))
+    text = fn.lower(lhs, rhs).as_text()
+    changed += "stablehlo.slice" in text
+    want = lax.conv_general_dilated(
+        lhs.astype(np.float64), rhs.astype(np.float64), strides, pads,
+        rhs_dilation=dil, dimension_numbers=dn)
+    got = fn(lhs, rhs)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  # Stride 1: one more output row where YNNPACK would take the conv.
+  assert changed > 0 if strides == (1, 1) else changed == 0
+
+
+def test_what_passes_through():
+  lhs = jnp.zeros((1, 8, 8, 16), np.float32)
+  narrow = jnp.zeros((3, 3, 16, 16), np.float32)
+  wide = jnp.zeros((3, 3, 16, 17), np.float32)
+  dn = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  same = [(1, 1), (1, 1)]
+
+  def taken(lhs, rhs, strides=(1, 1), pads=same):
+    return eigen_conv._ynn_would_take(lhs, rhs, strides, pads, (1, 1), dn)
+  assert taken(lhs, wide)
+  assert not taken(lhs, narrow)  # at most 16 channels
+  assert not taken(lhs, wide, pads=[(2, 2), (1, 1)])  # output outgrows input
+  assert not taken(lhs.astype(jnp.bfloat16), wide.astype(jnp.bfloat16))
+  # A strided convolution: no cheap way out; left as it is.
+  strided = jax.jit(lambda a, b: eigen_conv.conv(
+      a, b, (2, 2), same, rhs_dilation=(1, 1), dimension_numbers=dn))
+  text = strided.lower(lhs, wide).as_text()
+  assert "stablehlo.slice" not in text
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("strategy, strides, size, fshape", [
+    ("subpixel", 1, 12, (3, 3, 24, 32)),  # dense stride 1: one phase
+    ("subpixel", 2, 12, (5, 5, 24, 32)),
+    ("subpixel_fused", 2, 11, (4, 4, 24, 32)),
+])
+def test_cpu_op_and_gradient_use_no_ynn_convolution(
+    strategy, strides, size, fshape, data_format, monkeypatch):
+  rng = np.random.default_rng(1)
+  out = -(-size // strides)
+  sizes, s = [2, size, size, fshape[2]], [1, strides, strides, 1]
+  dy_shape = (2, out, out, fshape[3])
+  if data_format == "NCHW":
+    sizes, s = [2, fshape[2], size, size], [1, 1, strides, strides]
+    dy_shape = (2, fshape[3], out, out)
+  w = jnp.asarray(rng.standard_normal(fshape), np.float32)
+  dy = jnp.asarray(rng.standard_normal(dy_shape), np.float32)
+  op = lambda w, dy: jaxconv.conv2d_backprop_input(
+      sizes, w, dy, s, "SAME", data_format=data_format)
+  loss = lambda w, dy: jnp.sum(op(w, dy) ** 2)
+  with lowering.force_strategy(strategy):
+    assert ynn_convolutions(op, w, dy) == 0
+  if strides == 1:  # d/d(dy) is then a stride-1 forward convolution
+    assert ynn_convolutions(jax.grad(loss, 1), w, dy) == 0
+  # The premise: left as they are, XLA CPU gives them to YNNPACK.
+  monkeypatch.setattr(eigen_conv, "_ynn_would_take", lambda *args: False)
+  with lowering.force_strategy(strategy):
+    assert ynn_convolutions(lambda w, dy: op(w, dy), w, dy) >= 1
+  if strides == 1:
+    assert ynn_convolutions(jax.grad(lambda w, dy: loss(w, dy), 1), w, dy) >= 1
