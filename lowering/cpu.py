@@ -72,7 +72,8 @@ def choose(spec: ConvSpec, filter_shape, dtype) -> tuple[str, str]:
   The rules below hold in both layouts: the same strategy wins each class
   in NCHW (unet-up NCHW: gemm_col2im 10.3 ms vs 15.0 canonical; thin:
   subpixel_fused 17.5 vs 73.6; dcgan: subpixel 52.3 vs 83.1; dense s1:
-  canonical 24.8 vs 24.6-33.0).
+  subpixel 14.7-15.2 vs 25.7-30.0 canonical).  Every stride-1
+  convolution a strategy emits goes through lowering/eigen_conv.py.
   """
   n = spec.ndim
   dtype = np.dtype(dtype)
@@ -96,10 +97,10 @@ def choose(spec: ConvSpec, filter_shape, dtype) -> tuple[str, str]:
         "vs 70.8 ms canonical)")
   if all(s == 1 for s in spec.strides):
     return "subpixel", (
-        "stride 1: one forward convolution on XLA's Eigen kernel "
-        "(lowering/eigen_conv.py; dense s1 56x56 64: 13.7-14.7 ms vs "
-        "22.9-24.9 canonical, NCHW 14.7-15.2 vs 25.7-30.0; atrous d2: "
-        "26.3-26.8 vs 29.3-30.6)")
+        "stride 1: one forward convolution on XLA's Eigen kernel, not "
+        "YNNPACK (lowering/eigen_conv.py; dense s1 56x56 64: 10.8-14.7 ms "
+        "vs 19.4-24.9 canonical, NCHW 14.7-15.2 vs 25.7-30.0; atrous d2: "
+        "22.2-26.8 vs 24.0-30.6)")
   if any(d > 1 for d in spec.dilations):
     return "gemm_col2im", (
         "stride and dilation: 1.8 ms vs 4.3 ms canonical (s2+d2 32x32 64)")
@@ -178,12 +179,19 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   per tap (depthwise s2 56x56 128: 4.4 ms vs 15.6 split, 48.4 batch-grouped
   convolution; 28x28x512: 6.1 vs 16.3, compiling in 0.25 s vs 1.4; at
   stride 1 the split is faster: 56x56x128 28.6 vs 42.2), other groups split
-  (g32 28x28 256: 15.2 ms vs 6,969 batch-grouped convolution)."""
+  (g32 28x28 256: 15.2 ms vs 6,969 batch-grouped convolution); 2-D float32
+  with more than 16 output channels (YNNPACK's otherwise) as per-row 1-D
+  convolutions on Eigen (lowering/eigen_conv.py; dense s1 56x56 64: 29-34
+  ms vs 56-66 the 2-D convolution; x 128x128x64 s2 k3 -> 128: 104-106 vs
+  164-170; DCGAN-like s2 k5 64x64 128 -> 256: 249-266 vs 458-492)."""
   c = spec.feature_axis
   filter_shape = (*kernel, x.shape[c] // spec.groups, dy.shape[c])
   if (depthwise.applies(spec, filter_shape)
       and any(s > 1 for s in spec.strides)):
     return depthwise.backprop_filter(x, dy, spec=spec, kernel=kernel,
                                      acc_dtype=_accumulation(x.dtype))
-  fn = grouped.backprop_filter if spec.groups > 1 else partners.backprop_filter
-  return fn(x, dy, spec=spec, kernel=kernel)
+  if spec.groups > 1:
+    return grouped.backprop_filter(x, dy, spec=spec, kernel=kernel)
+  if spec.ndim == 2 and x.dtype == np.float32 and dy.shape[c] > 16:
+    return eigen_conv.backprop_filter(x, dy, spec=spec, kernel=kernel)
+  return partners.backprop_filter(x, dy, spec=spec, kernel=kernel)

@@ -1,24 +1,29 @@
-"""Convolutions in the form XLA CPU runs on its Eigen kernel.
+"""Convolutions in the forms XLA CPU runs on its Eigen kernel.
 
 XLA CPU (jax 0.10) hands a 2-D float32 convolution with more than 16
 channels to YNNPACK unless, along some spatial dim, its output is larger
 than its input (or its kernel, which sends it to a slow loop instead);
-those it runs on Eigen's multi-threaded convolution.  On the project's
-2-core machine Eigen was faster on every layer measured, and YNNPACK does
-not speed up with the second core: stride-1 dense 56x56 64: 11-12 ms vs
-15-22; the suite's forward convolutions 1.2-2.8x.  So a stride-1
-convolution YNNPACK would take computes one more output row (one more pad
-at the end of its first spatial dim) and drops it: 1/H more work, at most
-a quarter.  Strided convolutions and filter gradients (outputs the size of
-the filter) have no cheap way out and stay with YNNPACK.
-tests/test_eigen_conv.py pins the premise and the result.
+those, and 1-D convolutions, it runs on Eigen's multi-threaded
+convolution.  On the project's 2-core machine Eigen was faster on every
+layer measured, and YNNPACK does not speed up with the second core:
+stride-1 dense 56x56 64: 11-12 ms vs 15-22; the suite's forward
+convolutions 1.2-2.8x.  So:
+- `conv`: a stride-1 convolution YNNPACK would take computes one more
+  output row (one more pad at the end of its first spatial dim) and drops
+  it: 1/H more work, at most a quarter.  Strided ones have no cheap way
+  out and stay with YNNPACK.
+- `backprop_filter`: a 2-D filter gradient (its output is the filter, so
+  no extra row helps) as one 1-D convolution per kernel row, the rows of
+  dy folded into the contracted batch.
+tests/test_eigen_conv.py pins the premise and the results.
 """
 from __future__ import annotations
 
 import numpy as np
+import jax.numpy as jnp
 from jax import lax
 
-from lowering.geometry import effective_size
+from lowering.geometry import ConvSpec, effective_size
 
 _YNN_MAX_CHANNELS = 16  # YNNPACK leaves convolutions this narrow to Eigen
 _MAX_EXTRA_WORK = 0.25  # beyond this, leave the convolution to YNNPACK
@@ -65,3 +70,30 @@ def conv(lhs, rhs, window_strides, padding, *, rhs_dilation,
   if extra_row:
     y = lax.slice_in_dim(y, 0, out, axis=out_spec[2])
   return y
+
+
+def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
+  """TF's Conv2DBackpropFilter (lowering/partners.py) for one feature group,
+  one 1-D convolution over the width per kernel row: row kh contracts the
+  rows kh*d, kh*d + s, ... of x with dy's rows, both folded into the batch
+  (dense 56x56 64: 29-31 ms vs 56-61 2-D; see cpu.backprop_filter)."""
+  if not spec.channels_last:
+    x, dy = jnp.moveaxis(x, 1, -1), jnp.moveaxis(dy, 1, -1)
+  (pb_h, pa_h), (pb_w, pa_w) = spec.filter_grad_padding(kernel)
+  (s_h, s_w), (d_h, d_w) = spec.strides, spec.dilations
+  batch = dy.shape[0] * dy.shape[1]  # images x dy's rows
+  rows_out, width_out, co = dy.shape[1:]
+  # Pad (or crop: negative) the height; crop the width's negative pad.
+  x = lax.pad(x, np.zeros((), x.dtype),
+              [(0, 0, 0), (pb_h, pa_h, 0), (0, min(pa_w, 0), 0), (0, 0, 0)])
+  dy = dy.reshape(batch, width_out, co)
+  rows = []
+  for kh in range(kernel[0]):
+    r = lax.slice_in_dim(x, kh * d_h, kh * d_h + (rows_out - 1) * s_h + 1,
+                         stride=s_h, axis=1)
+    rows.append(lax.conv_general_dilated(
+        r.reshape(batch, *r.shape[2:]), dy, (d_w,), [(pb_w, max(pa_w, 0))],
+        rhs_dilation=(s_w,),
+        dimension_numbers=lax.ConvDimensionNumbers((2, 0, 1), (2, 0, 1),
+                                                   (0, 1, 2))))  # [C, O, KW]
+  return jnp.transpose(jnp.stack(rows), (0, 3, 1, 2))

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
+from jax import export, lax
 
 import jaxconv
 import lowering
-from lowering import eigen_conv
+from lowering import cpu, eigen_conv, geometry, partners
 
 
 def ynn_convolutions(fn, *args):
@@ -106,3 +106,52 @@ def test_cpu_op_and_gradient_use_no_ynn_convolution(
     assert ynn_convolutions(lambda w, dy: op(w, dy), w, dy) >= 1
   if strides == 1:
     assert ynn_convolutions(jax.grad(lambda w, dy: loss(w, dy), 1), w, dy) >= 1
+
+
+def _random_filter_gradient_case(rng):
+  """A one-group 2-D ConvSpec (pads up to 4: some crop x) with float32 x, dy
+  of more than 16 channels, as cpu.backprop_filter hands to eigen_conv."""
+  kernel = tuple(int(k) for k in rng.integers(1, 4, 2))
+  while True:
+    spec = geometry.ConvSpec(
+        input_spatial=tuple(int(i) for i in rng.integers(1, 9, 2)),
+        strides=tuple(int(s) for s in rng.integers(1, 4, 2)),
+        dilations=tuple(int(d) for d in rng.integers(1, 3, 2)),
+        padding=tuple((int(a), int(b)) for a, b in rng.integers(0, 5, (2, 2))),
+        channels_last=bool(rng.integers(2)))
+    out_spatial = spec.out_backprop_spatial(kernel)
+    if min(out_spatial) > 0:
+      break
+  ci, co = int(rng.integers(1, 4)), int(rng.integers(17, 21))
+  x = rng.standard_normal(spec.activation_shape(3, ci, spec.input_spatial))
+  dy = rng.standard_normal(spec.activation_shape(3, co, out_spatial))
+  return spec, kernel, x.astype(np.float32), dy.astype(np.float32)
+
+
+def test_filter_gradient_by_rows_matches_the_standard_form():
+  rng = np.random.default_rng(3)
+  crops = 0
+  for _ in range(24):
+    spec, kernel, x, dy = _random_filter_gradient_case(rng)
+    crops += any(hi < 0 for _, hi in spec.filter_grad_padding(kernel))
+    got = jax.jit(lambda a, b: cpu.backprop_filter(a, b, spec=spec,
+                                                   kernel=kernel))(x, dy)
+    want = partners.backprop_filter(x.astype(np.float64),
+                                    dy.astype(np.float64), spec=spec,
+                                    kernel=kernel)
+    assert got.shape == want.shape and got.dtype == np.float32
+    scale = max(1.0, float(np.max(np.abs(want))))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+  assert crops > 0
+
+
+def test_filter_gradient_by_rows_runs_on_eigen_with_a_symbolic_batch():
+  spec, kernel, x, dy = _random_filter_gradient_case(np.random.default_rng(5))
+  fn = lambda a, b: cpu.backprop_filter(a, b, spec=spec, kernel=kernel)
+  assert ynn_convolutions(fn, x, dy) == 0
+  b, = export.symbolic_shape("b")
+  exp = export.export(jax.jit(fn), platforms=["cpu"])(
+      jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype),
+      jax.ShapeDtypeStruct((b, *dy.shape[1:]), dy.dtype))
+  np.testing.assert_allclose(exp.call(x[:2], dy[:2]), fn(x[:2], dy[:2]),
+                             rtol=1e-5, atol=1e-5)
