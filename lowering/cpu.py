@@ -96,11 +96,15 @@ def choose(spec: ConvSpec, filter_shape, dtype) -> tuple[str, str]:
         "grouped: dense block-diagonal sub-problems (g32 28x28 256: 10.4 ms "
         "vs 70.8 ms canonical)")
   if all(s == 1 for s in spec.strides):
+    if any(d > 1 for d in spec.dilations):
+      return "canonical", (
+          "stride 1, dilated: XLA's YNNPACK convolution; on Eigen it "
+          "measured a wash (atrous d2 64x64 128: 0.89-1.12x) at twice the "
+          "memory")
     return "subpixel", (
         "stride 1: one forward convolution on XLA's Eigen kernel, not "
-        "YNNPACK (lowering/eigen_conv.py; dense s1 56x56 64: 10.8-14.7 ms "
-        "vs 19.4-24.9 canonical, NCHW 14.7-15.2 vs 25.7-30.0; atrous d2: "
-        "22.2-26.8 vs 24.0-30.6)")
+        "YNNPACK (lowering/eigen_conv.py; dense s1 56x56 64: 9.8-14.7 ms "
+        "vs 14.2-24.9 canonical, NCHW 14.7-15.2 vs 25.7-30.0)")
   if any(d > 1 for d in spec.dilations):
     return "gemm_col2im", (
         "stride and dilation: 1.8 ms vs 4.3 ms canonical (s2+d2 32x32 64)")

@@ -23,7 +23,7 @@ def ynn_convolutions(fn, *args):
 def _case(rng, channels_last):
   """A random 2-D float32 conv with more than 16 channels."""
   spatial = rng.integers(4, 9, size=2)
-  d = rng.integers(1, 3, size=2)
+  d = rng.choice([1, 1, 1, 2], size=2)
   k = rng.integers(1, 4, size=2)
   pads = [tuple(int(p) for p in rng.integers(0, 3, size=2)) for _ in range(2)]
   c, o = (int(v) for v in rng.integers(17, 25, size=2))
@@ -69,6 +69,11 @@ def test_what_passes_through():
   assert not taken(lhs, narrow)  # at most 16 channels
   assert not taken(lhs, wide, pads=[(2, 2), (1, 1)])  # output outgrows input
   assert not taken(lhs.astype(jnp.bfloat16), wide.astype(jnp.bfloat16))
+  # Dilated: YNNPACK takes it, but Eigen is no faster; left as it is.
+  dilated = jax.jit(lambda a, b: eigen_conv.conv(
+      a, b, (1, 1), [(2, 2), (2, 2)], rhs_dilation=(2, 2),
+      dimension_numbers=dn))
+  assert "stablehlo.slice" not in dilated.lower(lhs, wide).as_text()
   # A strided convolution: no cheap way out; left as it is.
   strided = jax.jit(lambda a, b: eigen_conv.conv(
       a, b, (2, 2), same, rhs_dilation=(1, 1), dimension_numbers=dn))
