@@ -15,8 +15,8 @@ convolutions 1.2-2.8x.  So:
   a wash (atrous d2 64x64 128: 0.89-1.12x over seven runs) at twice the
   memory.
 - `backprop_filter`: a 2-D filter gradient (its output is the filter, so
-  no extra row helps) as one 1-D convolution per kernel row, the rows of
-  dy folded into the contracted batch.
+  no extra row helps) as one 1-D convolution, the rows of dy folded into
+  the contracted batch.
 tests/test_eigen_conv.py pins the premise and the results.
 """
 from __future__ import annotations
@@ -76,10 +76,10 @@ def conv(lhs, rhs, window_strides, padding, *, rhs_dilation,
 
 
 def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
-  """TF's Conv2DBackpropFilter (lowering/partners.py) for one feature group,
-  one 1-D convolution over the width per kernel row: row kh contracts the
-  rows kh*d, kh*d + s, ... of x with dy's rows, both folded into the batch
-  (dense 56x56 64: 29-31 ms vs 56-61 2-D; see cpu.backprop_filter)."""
+  """TF's Conv2DBackpropFilter (lowering/partners.py) for one feature group
+  as one 1-D convolution over the width: kernel row kh contracts rows kh*d,
+  kh*d + s, ... of x with dy's rows; those rows are folded into the batch,
+  the kernel rows stacked on x's channels."""
   if not spec.channels_last:
     x, dy = jnp.moveaxis(x, 1, -1), jnp.moveaxis(dy, 1, -1)
   (pb_h, pa_h), (pb_w, pa_w) = spec.filter_grad_padding(kernel)
@@ -89,14 +89,12 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   # Pad (or crop: negative) the height; crop the width's negative pad.
   x = lax.pad(x, np.zeros((), x.dtype),
               [(0, 0, 0), (pb_h, pa_h, 0), (0, min(pa_w, 0), 0), (0, 0, 0)])
-  dy = dy.reshape(batch, width_out, co)
-  rows = []
-  for kh in range(kernel[0]):
-    r = lax.slice_in_dim(x, kh * d_h, kh * d_h + (rows_out - 1) * s_h + 1,
-                         stride=s_h, axis=1)
-    rows.append(lax.conv_general_dilated(
-        r.reshape(batch, *r.shape[2:]), dy, (d_w,), [(pb_w, max(pa_w, 0))],
-        rhs_dilation=(s_w,),
-        dimension_numbers=lax.ConvDimensionNumbers((2, 0, 1), (2, 0, 1),
-                                                   (0, 1, 2))))  # [C, O, KW]
-  return jnp.transpose(jnp.stack(rows), (0, 3, 1, 2))
+  rows = jnp.concatenate([
+      lax.slice_in_dim(x, kh * d_h, kh * d_h + (rows_out - 1) * s_h + 1,
+                       stride=s_h, axis=1) for kh in range(kernel[0])], -1)
+  y = lax.conv_general_dilated(
+      rows.reshape(batch, *rows.shape[2:]), dy.reshape(batch, width_out, co),
+      (d_w,), [(pb_w, max(pa_w, 0))], rhs_dilation=(s_w,),
+      dimension_numbers=lax.ConvDimensionNumbers((2, 0, 1), (2, 0, 1),
+                                                 (0, 1, 2)))  # [KH*C, O, KW]
+  return jnp.transpose(y.reshape(kernel[0], -1, co, kernel[1]), (0, 3, 1, 2))
