@@ -72,8 +72,8 @@ def choose(spec: ConvSpec, filter_shape, dtype) -> tuple[str, str]:
   The rules below hold in both layouts: the same strategy wins each class
   in NCHW (unet-up NCHW: gemm_col2im 10.3 ms vs 15.0 canonical; thin:
   subpixel_fused 17.5 vs 73.6; dcgan: subpixel 52.3 vs 83.1; dense s1:
-  subpixel 14.7-15.2 vs 25.7-30.0 canonical).  Every stride-1
-  convolution a strategy emits goes through lowering/eigen_conv.py.
+  subpixel 14.7-15.2 vs 25.7-30.0 canonical).  Every convolution the
+  strategies other than `canonical` emit goes through lowering/eigen_conv.py.
   """
   n = spec.ndim
   dtype = np.dtype(dtype)

@@ -40,8 +40,9 @@ def _ynn_would_take(lhs, rhs, window_strides, padding, rhs_dilation,
     return False
   for a, k, s, (lo, hi), d in zip(lhs_spec[2:], rhs_spec[2:], window_strides,
                                   padding, rhs_dilation):
-    size, taps = lhs.shape[a], rhs.shape[k]  # taps: undilated, as YNNPACK counts
-    if taps > size or (size + lo + hi - effective_size(taps, d)) // s + 1 > size:
+    size, taps = lhs.shape[a], rhs.shape[k]  # undilated, as YNNPACK counts
+    out = (size + lo + hi - effective_size(taps, d)) // s + 1
+    if taps > size or out > size:
       return False
   return True
 
