@@ -184,11 +184,13 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   convolution; 28x28x512: 6.1 vs 16.3, compiling in 0.25 s vs 1.4; at
   stride 1 the split is faster: 56x56x128 28.6 vs 42.2), other groups split
   (g32 28x28 256: 15.2 ms vs 6,969 batch-grouped convolution); 2-D float32
-  with channels in x channels out >= 4096 as one 1-D convolution on Eigen
-  rather than YNNPACK's 2-D one (lowering/eigen_conv.py; filter gradients
-  of the suite's op, ms: dense 64x64 37-41 vs 59-62, unet-up 64x128 14-16
-  vs 33-34, 1x1 256x512 22-27 vs 114-117, DCGAN 128x256 56-64 vs 53-76;
-  below it the 2-D one wins: thin 32x32 k4 52-59 vs 35-40, 64x32 k3 s2
+  with up to 3 kernel rows and channels in x channels out >= 4096 as one
+  1-D convolution on Eigen rather than YNNPACK's 2-D one
+  (lowering/eigen_conv.py; filter gradients of the suite's op, ms, NHWC /
+  NCHW: dense 64x64 37-41 vs 59-62 / 34-36 vs 54, unet-up 64x128 14-16 vs
+  33-34 / 15-16 vs 32-33, 1x1 256x512 22-27 vs 114-117 / 21-22 vs 97; the
+  2-D one wins for DCGAN k5 128x256, 50-64 vs 36-76 over five runs, and
+  below the channel bound: thin 32x32 k4 52-59 vs 35-40, 64x32 k3 s2
   8.2-9.2 vs 7.7-7.9)."""
   c = spec.feature_axis
   filter_shape = (*kernel, x.shape[c] // spec.groups, dy.shape[c])
@@ -198,7 +200,7 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
                                      acc_dtype=_accumulation(x.dtype))
   if spec.groups > 1:
     return grouped.backprop_filter(x, dy, spec=spec, kernel=kernel)
-  if (spec.ndim == 2 and x.dtype == np.float32
+  if (spec.ndim == 2 and x.dtype == np.float32 and kernel[0] <= 3
       and x.shape[c] * dy.shape[c] >= 4096):
     return eigen_conv.backprop_filter(x, dy, spec=spec, kernel=kernel)
   return partners.backprop_filter(x, dy, spec=spec, kernel=kernel)
