@@ -103,8 +103,21 @@ def test_cpu_op_and_gradient_use_no_ynn_convolution(
   loss = lambda w, dy: jnp.sum(op(w, dy) ** 2)
   with lowering.force_strategy(strategy):
     assert ynn_convolutions(op, w, dy) == 0
+    got = jax.jit(lambda w, dy: op(w, dy))(w, dy)
+  # Values: JAX's conv VJP in float64.
+  fmt = data_format
+  ref = lambda w, dy: jax.vjp(lambda x: lax.conv_general_dilated(
+      x, w, s[1:3] if fmt == "NHWC" else s[2:], "SAME",
+      dimension_numbers=(fmt, "HWIO", fmt)), jnp.zeros(sizes, w.dtype))[1](
+          dy)[0]
+  w64, dy64 = w.astype(np.float64), dy.astype(np.float64)
+  np.testing.assert_allclose(got, ref(w64, dy64), rtol=1e-4, atol=1e-4)
   if strides == 1:  # d/d(dy) is then a stride-1 forward convolution
     assert ynn_convolutions(jax.grad(loss, 1), w, dy) == 0
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(loss, 1))(w, dy),
+        jax.grad(lambda w, dy: jnp.sum(ref(w, dy) ** 2), 1)(w64, dy64),
+        rtol=1e-4, atol=1e-3)
   # The premise: left as they are, XLA CPU gives them to YNNPACK.
   monkeypatch.setattr(eigen_conv, "_ynn_would_take", lambda *args: False)
   with lowering.force_strategy(strategy):
