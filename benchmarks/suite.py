@@ -221,7 +221,7 @@ def run_case(case, reps, with_strategies, rng):
   peers = [times[k] for k in ("tensorflow", "pytorch", "canonical") if k in times]
   best_peer = min(peers)
   spec = jax.make_jaxpr(b["ours"])(b["w"], b["dy"]).eqns[0].params["spec"]
-  strategy, reason = cpu.choose(spec, b["w"].shape, case.dtype)
+  strategy, reason = cpu.choose(spec, b["w"].shape, case.dtype, case.input[0])
   return {
       "class": case.name, "strategy": strategy, "reason": reason,
       "ms": {k: v * 1e3 for k, v in times.items()},

@@ -50,7 +50,7 @@ class LayerConfig:
   def cpu_strategy(self) -> tuple[str, str]:
     """(name, measured reason) of the CPU lowering strategy for this layer."""
     from lowering import cpu
-    return cpu.choose(self.spec(), self.filter_sizes, self.dtype)
+    return cpu.choose(self.spec(), self.filter_sizes, self.dtype, self.batch)
 
   def op(self, batch=None):
     """f(filter, out_backprop); with `batch` (a symbolic dim), the input_sizes

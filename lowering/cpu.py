@@ -64,8 +64,10 @@ def applies(name: str, spec: ConvSpec, filter_shape) -> bool:
   return _STRATEGIES[name][1](spec, filter_shape)
 
 
-def choose(spec: ConvSpec, filter_shape, dtype) -> tuple[str, str]:
-  """(strategy, reason) for a configuration on CPU.
+def choose(spec: ConvSpec, filter_shape, dtype,
+           batch: int = 1) -> tuple[str, str]:
+  """(strategy, reason) for a configuration on CPU; `batch`: images per
+  call (a symbolic batch counts as 1).
 
   Figures: `python benchmarks/suite.py --strategies` on the project's
   2-core CPU machine, jax 0.10.2 (ms per call; see benchmarks/README.md).
@@ -125,12 +127,21 @@ def choose(spec: ConvSpec, filter_shape, dtype) -> tuple[str, str]:
     return "subpixel", (
         "large kernel x channels: stride-1 convolutions per phase (dcgan k5 "
         "128<-256: 51.8 ms vs 82.6 canonical, 72.3 GEMM)")
+  columns = batch * math.prod(spec.out_backprop_spatial(kernel)) * (
+      math.prod(kernel) * ci * 4)
+  if columns >= 32 << 20:
+    return "subpixel", (
+        "GEMM columns of 32 MiB or more: stride-1 convolutions per phase "
+        "(ms, subpixel vs GEMM: 64x64 64<-128 N16 23-28 vs 37-39; k5 "
+        "64<-128 22-25 vs 45-47, NCHW 21-24 vs 34-40; 128x128 32<-64 12-13 "
+        "vs 19-20, NCHW a tie; 128x128 64<-64 42-43 vs 53-55)")
   return "gemm_col2im", (
-      "stride > 1: dot + per-phase col2im (unet-up k3 64<-128: 9.0-9.5 ms vs "
-      "12.7 canonical, 17.6 sub-pixel)")
+      "stride > 1: dot + per-phase col2im (unet-up k3 64<-128, 19 MiB of "
+      "columns: 7.8-8.8 ms vs 10.7-12.7 canonical, 8.5-8.8 sub-pixel; "
+      "56x56 24<-48: 1.7 vs 2.6 sub-pixel)")
 
 
-def chosen(spec: ConvSpec, filter_shape, dtype) -> str:
+def chosen(spec: ConvSpec, filter_shape, dtype, batch: int = 1) -> str:
   """The strategy a call lowers with now: the forced one where it applies
   (transformations such as vmap can change a call's configuration), else
   the automatic choice.  Never the canonical convolution for float64/int32:
@@ -138,7 +149,7 @@ def chosen(spec: ConvSpec, filter_shape, dtype) -> str:
   name = _forced.get()
   if name is None or not applies(name, spec, filter_shape) or (
       name == "canonical" and np.dtype(dtype) in _NO_CPU_CONVOLUTION):
-    return choose(spec, filter_shape, dtype)[0]
+    return choose(spec, filter_shape, dtype, batch)[0]
   return name
 
 
@@ -148,11 +159,13 @@ def _accumulation(dtype):
 
 
 def lower(ctx, filt, dy, *, spec: ConvSpec):
-  filt_aval, _ = ctx.avals_in
+  filt_aval, dy_aval = ctx.avals_in
   out_aval, = ctx.avals_out
   if canonical.is_empty(ctx):
     return canonical.zeros(ctx, filt, dy)
-  name = chosen(spec, filt_aval.shape, out_aval.dtype)
+  batch = dy_aval.shape[0]
+  name = chosen(spec, filt_aval.shape, out_aval.dtype,
+                batch if isinstance(batch, (int, np.integer)) else 1)
   if name == "canonical":
     return canonical.lower(ctx, filt, dy, spec=spec, accumulate_f32=True)
   fn = functools.partial(_STRATEGIES[name][0], spec=spec,

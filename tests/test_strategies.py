@@ -262,6 +262,10 @@ def test_choice_is_visible():
     ("NHWC", [8, 28, 28, 256], (3, 3, 8, 256), 1, "float32", "grouped"),
     ("NHWC", [8, 56, 56, 128], (3, 3, 1, 128), 2, "float32", "depthwise"),
     ("NHWC", [2, 64, 64, 64], (3, 3, 64, 128), 2, "float64", "gemm_col2im"),
+    # Beyond the suite: 32 MiB of GEMM columns or more (batch counts).
+    ("NHWC", [16, 64, 64, 64], (3, 3, 64, 128), 2, "float32", "subpixel"),
+    ("NCHW", [8, 128, 128, 64], (3, 3, 64, 64), 2, "float32", "subpixel"),
+    ("NHWC", [8, 56, 56, 24], (3, 3, 24, 48), 2, "float32", "gemm_col2im"),
 ])
 def test_choice_on_benchmark_classes(fmt, sizes, fshape, stride, dtype, want):
   if fmt == "NCHW":
@@ -269,4 +273,23 @@ def test_choice_on_benchmark_classes(fmt, sizes, fshape, stride, dtype, want):
   strides = [1, stride, stride, 1] if fmt == "NHWC" else [1, 1, stride, stride]
   spec = attrs.make_spec(2, sizes, fshape, sizes[0], strides, "SAME", [], fmt,
                          [1, 1, 1, 1])
-  assert cpu.choose(spec, fshape, dtype)[0] == want
+  assert cpu.choose(spec, fshape, dtype, sizes[0])[0] == want
+
+
+def test_lowering_counts_the_batch():
+  # 64x64 64<-128 k3 s2: 2.25 MiB of GEMM columns per image; from 16
+  # images (32 MiB) the sub-pixel convolutions win.  A symbolic batch
+  # counts as one image.
+  w = jax.ShapeDtypeStruct((3, 3, 64, 128), np.float32)
+
+  def lowered(batch):
+    dy = jax.ShapeDtypeStruct((batch, 32, 32, 128), np.float32)
+    op = lambda w, dy: jaxconv.conv2d_backprop_input(
+        [dy.shape[0], 64, 64, 64], w, dy, [1, 2, 2, 1], "SAME")
+    return export.export(jax.jit(op), platforms=["cpu"])(
+        w, dy).mlir_module()
+  b, = export.symbolic_shape("b")
+  for batch, conv in ((8, False), (16, True), (b, False)):
+    text = lowered(batch)
+    assert ("stablehlo.convolution" in text) == conv
+    assert ("stablehlo.dot_general" in text) != conv
