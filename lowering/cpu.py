@@ -128,7 +128,7 @@ def choose(spec: ConvSpec, filter_shape, dtype,
         "large kernel x channels: stride-1 convolutions per phase (dcgan k5 "
         "128<-256: 51.8 ms vs 82.6 canonical, 72.3 GEMM)")
   columns = batch * math.prod(spec.out_backprop_spatial(kernel)) * (
-      math.prod(kernel) * ci * 4)
+      math.prod(kernel) * ci * 4)  # gemm_col2im's dot result, float32 bytes
   if columns >= 32 << 20:
     return "subpixel", (
         "GEMM columns of 32 MiB or more: stride-1 convolutions per phase "
