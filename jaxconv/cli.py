@@ -150,7 +150,7 @@ def main(argv=None) -> int:
                        f"{args.filter_sizes}")
     log(f"exporting {config} ...")
     if "cpu" in (platforms or [jax.default_backend()]):
-      name, reason = config.cpu_strategy()
+      name, reason = config.cpu_strategy(symbolic_batch=bool(args.batch))
       log(f"cpu lowering strategy: {name} ({reason})")
     exported = export_layer(config, batch=args.batch, platforms=platforms,
                             grad=args.grad)

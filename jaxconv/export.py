@@ -47,10 +47,12 @@ class LayerConfig:
         self.batch, self.filter_sizes[-1],
         spec.out_backprop_spatial(self.filter_sizes[:2]))
 
-  def cpu_strategy(self) -> tuple[str, str]:
-    """(name, measured reason) of the CPU lowering strategy for this layer."""
+  def cpu_strategy(self, symbolic_batch: bool = False) -> tuple[str, str]:
+    """(name, measured reason) of the CPU lowering strategy for this layer
+    (exported with a symbolic batch, the lowering counts one image)."""
     from lowering import cpu
-    return cpu.choose(self.spec(), self.filter_sizes, self.dtype, self.batch)
+    return cpu.choose(self.spec(), self.filter_sizes, self.dtype,
+                      1 if symbolic_batch else self.batch)
 
   def op(self, batch=None):
     """f(filter, out_backprop); with `batch` (a symbolic dim), the input_sizes

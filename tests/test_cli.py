@@ -29,6 +29,19 @@ def test_default_job_as_a_module():
   assert "stablehlo.dot_general" in proc.stdout
 
 
+def test_printed_strategy_is_the_one_lowered(capsys):
+  # 16 images of 64x64 64<-128: 36 MiB of GEMM columns -> sub-pixel
+  # convolutions; with a symbolic batch the lowering counts one image.
+  layer = ("export", "--input-sizes", "16,64,64,64", "--filter-sizes",
+           "3,3,64,128", "--strides", "1,2,2,1")
+  for extra, name, emitted in (((), "subpixel", "stablehlo.convolution"),
+                               (("--batch", "b"), "gemm_col2im",
+                                "stablehlo.dot_general")):
+    code, out, err = run(capsys, *layer, *extra)
+    assert code == 0 and f"cpu lowering strategy: {name}" in err
+    assert emitted in out
+
+
 def test_gpu_export_is_the_canonical_form(capsys):
   code, out, err = run(capsys, "export", "--platforms", "cuda")
   assert code == 0 and "cpu lowering strategy" not in err
