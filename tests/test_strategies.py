@@ -12,7 +12,7 @@ from jax import export
 import lowering
 from lowering import cpu, geometry, partners
 from tests import configs
-from tests.helpers import assert_close, run_op, run_reference
+from tests.helpers import assert_close, run_op, run_reference, spatial
 from tests.test_lowering import negative_conv_pads
 
 import jaxconv
@@ -293,3 +293,26 @@ def test_lowering_counts_the_batch():
     text = lowered(batch)
     assert ("stablehlo.convolution" in text) == conv
     assert ("stablehlo.dot_general" in text) != conv
+
+
+def test_gemm_when_each_phase_is_one_tap():
+  # kernel == stride (the U-Net up-convolution): the col2im is a plain
+  # depth-to-space of the GEMM's result (no sums); exact like the rest,
+  # in every layout, dtype and group count the random configs draw.
+  rng = np.random.default_rng(11)
+  plain = 0
+  for _ in range(400):
+    cfg = configs.random_config(rng)
+    k = cfg["filter_shape"][:2]
+    strides = spatial(cfg["strides"], cfg["data_format"])
+    if list(k) != strides or set(spatial(cfg["dilations"],
+                                         cfg["data_format"])) != {1}:
+      continue
+    w, dy = configs.random_operands(rng, cfg)
+    with lowering.force_strategy("gemm_col2im"):
+      fn = jax.jit(lambda w, dy, cfg=cfg: run_op(cfg, w, dy))
+      text = fn.lower(w, dy).as_text()
+      out = fn(w, dy)
+    plain += "stablehlo.add" not in text
+    assert_close(out, run_reference(cfg, w, dy), cfg["dtype"], cfg)
+  assert plain >= 5
