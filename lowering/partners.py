@@ -3,9 +3,10 @@
 `forward` is TF's Conv2D of x (shaped like the op's result) and
 `backprop_filter` TF's Conv2DBackpropFilter for that forward conv; they
 are the op's transposes (jaxconv/rules.py).  These `lax` forms are what
-XLA's fast paths expect on every platform for one feature group; with
-feature groups, CPU lowers them by dense block-diagonal sub-problems
-instead (lowering/grouped.py, chosen in lowering/cpu.py).
+XLA's fast paths expect on every platform for one feature group; on CPU,
+lowering/cpu.py lowers feature groups by dense block-diagonal sub-problems
+(lowering/grouped.py) and keeps one-group ones off YNNPACK where that
+measured faster (lowering/eigen_conv.py).
 """
 from __future__ import annotations
 
