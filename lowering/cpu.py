@@ -202,9 +202,9 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   (lowering/eigen_conv.py; filter gradients of the suite's op, ms, NHWC /
   NCHW: dense 64x64 37-41 vs 59-62 / 34-36 vs 54, unet-up 64x128 14-16 vs
   33-34 / 15-16 vs 32-33, 1x1 256x512 22-27 vs 114-117 / 21-22 vs 97; the
-  2-D one wins for DCGAN k5 128x256, 50-64 vs 36-76 over five runs, and
-  below the channel bound: thin 32x32 k4 52-59 vs 35-40, 64x32 k3 s2
-  8.2-9.2 vs 7.7-7.9)."""
+  2-D one is as fast or faster for DCGAN k5 128x256, 50-65 vs 36-76, ahead
+  in four of six runs, and wins below the channel bound: thin 32x32 k4
+  52-59 vs 35-40, 64x32 k3 s2 8.2-9.2 vs 7.7-7.9)."""
   c = spec.feature_axis
   filter_shape = (*kernel, x.shape[c] // spec.groups, dy.shape[c])
   if (depthwise.applies(spec, filter_shape)

@@ -25,7 +25,7 @@ import numpy as np
 import jax.numpy as jnp
 from jax import lax
 
-from lowering.geometry import ConvSpec, effective_size
+from lowering.geometry import ConvSpec, forward_output_size
 
 _YNN_MAX_CHANNELS = 16  # YNNPACK leaves convolutions this narrow to Eigen
 _MAX_EXTRA_WORK = 0.25  # beyond this, leave the convolution to YNNPACK
@@ -41,8 +41,7 @@ def _ynn_would_take(lhs, rhs, window_strides, padding, rhs_dilation,
   for a, k, s, (lo, hi), d in zip(lhs_spec[2:], rhs_spec[2:], window_strides,
                                   padding, rhs_dilation):
     size, taps = lhs.shape[a], rhs.shape[k]  # undilated, as YNNPACK counts
-    out = (size + lo + hi - effective_size(taps, d)) // s + 1
-    if taps > size or out > size:
+    if taps > size or forward_output_size(size, taps, s, d, (lo, hi)) > size:
       return False
   return True
 
@@ -57,8 +56,8 @@ def conv(lhs, rhs, window_strides, padding, *, rhs_dilation,
   padding = [tuple(p) for p in padding]
   lhs_spec, rhs_spec, out_spec = dimension_numbers
   (lo, hi), d = padding[0], rhs_dilation[0]
-  out = lhs.shape[lhs_spec[2]] + lo + hi - effective_size(
-      rhs.shape[rhs_spec[2]], d) + 1
+  out = forward_output_size(lhs.shape[lhs_spec[2]], rhs.shape[rhs_spec[2]], 1,
+                            d, (lo, hi))
   extra_row = (all(s == 1 for s in window_strides)
                and all(d == 1 for d in rhs_dilation)
                and 0 < out and 1 / out <= _MAX_EXTRA_WORK
