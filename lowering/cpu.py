@@ -107,9 +107,14 @@ def choose(spec: ConvSpec, filter_shape, dtype,
         "stride 1: one forward convolution on XLA's Eigen kernel, not "
         "YNNPACK (lowering/eigen_conv.py; dense s1 56x56 64: 9.8-14.7 ms "
         "vs 14.2-24.9 canonical, NCHW 14.7-15.2 vs 25.7-30.0)")
-  if any(d > 1 for d in spec.dilations):
-    return "gemm_col2im", (
-        "stride and dilation: 1.8 ms vs 4.3 ms canonical (s2+d2 32x32 64)")
+  if any(d > 1 for d in spec.dilations) and math.prod(kernel) > 1:
+    return "subpixel", (
+        "stride and dilation: stride-1 convolutions per phase, on Eigen "
+        "(ms and compile ms, subpixel vs GEMM: s2 d2 k3 32x32 64<-64 "
+        "1.50/79 vs 1.46/101, NCHW 1.96/128 vs 2.17/102; 64x64 64<-128 "
+        "8.9/90 vs 9.2/141; s2 d3 64x64 128 10.7/128 vs 11.8/120; k5 "
+        "VALID 32<-32 1.05/71 vs 1.23/202; 56x56 16<-64 1.51/76 vs "
+        "1.66/92; canonical 3.6-32 ms)")
   if tuple(kernel) == tuple(spec.strides) and math.prod(kernel) <= 4:
     return "gemm_col2im", (
         "kernel == stride (k2 s2, the U-Net up-convolution): one tap per "

@@ -276,6 +276,21 @@ def test_choice_on_benchmark_classes(fmt, sizes, fshape, stride, dtype, want):
   assert cpu.choose(spec, fshape, dtype, sizes[0])[0] == want
 
 
+@pytest.mark.parametrize("fmt, kernel, want", [
+    ("NHWC", 3, "subpixel"), ("NCHW", 3, "subpixel"),
+    ("NHWC", 1, "gemm_col2im"),  # a 1x1 kernel has nothing to dilate
+])
+def test_choice_with_stride_and_dilation(fmt, kernel, want):
+  # The suite's s2+d2 class: 32x32 64<-64 k3 N8, stride 2, dilation 2.
+  sizes = [8, 32, 32, 64] if fmt == "NHWC" else [8, 64, 32, 32]
+  strides, dilations = ([1, 2, 2, 1], [1, 2, 2, 1]) if fmt == "NHWC" else (
+      [1, 1, 2, 2], [1, 1, 2, 2])
+  fshape = (kernel, kernel, 64, 64)
+  spec = attrs.make_spec(2, sizes, fshape, 8, strides, "SAME", [], fmt,
+                         dilations)
+  assert cpu.choose(spec, fshape, "float32", 8)[0] == want
+
+
 def test_lowering_counts_the_batch():
   # 64x64 64<-128 k3 s2: 2.25 MiB of GEMM columns per image; from 16
   # images (32 MiB) the sub-pixel convolutions win.  A symbolic batch
