@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from jax import lax
 
+from lowering import phases
 from lowering.geometry import ConvSpec
 
 
@@ -29,14 +30,14 @@ def forward(x, filt, *, spec: ConvSpec, conv=lax.conv_general_dilated):
 
 def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   n = spec.ndim
-  pads = spec.filter_grad_padding(kernel)
-  for axis, (_, hi) in zip(spec.spatial_axes, pads):
-    if hi < 0:  # never hand a negative pad to the convolution: crop x instead
-      x = lax.slice_in_dim(x, 0, x.shape[axis] + hi, axis=axis)
+  pads = []
+  for axis, (lo, hi) in zip(spec.spatial_axes,
+                            spec.filter_grad_padding(kernel)):
+    x, pad = phases.crop_negative_pads(x, axis, lo, hi)
+    pads.append(pad)
   act = (spec.feature_axis, 0, *spec.spatial_axes)  # batch <-> feature swapped
   return lax.conv_general_dilated(
-      x, dy, window_strides=spec.dilations,
-      padding=[(lo, max(hi, 0)) for lo, hi in pads],
+      x, dy, window_strides=spec.dilations, padding=pads,
       rhs_dilation=spec.strides,
       dimension_numbers=lax.ConvDimensionNumbers(act, act,
                                                  (n, n + 1, *range(n))),
