@@ -111,7 +111,10 @@ def _check(config, log) -> float:
   t = time.perf_counter()
   out = np.asarray(jax.block_until_ready(config.op()(w, dy)))
   log(f"check: ran in {time.perf_counter() - t:.2f} s; running the reference ...")
-  ref = reference.for_spec(w, dy, config.spec())
+  ref = reference.raw_backprop_input(
+      config.input_sizes, w, dy, strides=config.strides,
+      padding=config.padding, explicit_paddings=config.explicit_paddings,
+      data_format=config.data_format, dilations=config.dilations)
   err = float(np.max(np.abs(out.astype(np.float64) - ref), initial=0.0))
   scale = float(np.max(np.abs(ref), initial=0.0))
   log(f"check: max abs error {err:.3g} (result max {scale:.3g}, dtype "

@@ -39,23 +39,28 @@ STRATEGIES = tuple(_STRATEGIES)
 # XLA CPU's algebraic simplifier aborts on some float64 lhs-dilated
 # convolutions (found by tests/fuzz.py); no CPU convolution there for these.
 _NO_CPU_CONVOLUTION = (np.dtype(np.float64), np.dtype(np.int32))
-_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+_forced: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
     "jaxconv_cpu_strategy", default=None)
 
 
 @contextlib.contextmanager
-def force_strategy(name: str | None):
-  """Lower CPU calls traced inside this block with strategy `name` (those
-  it applies to; the others keep the automatic choice).
+def force_strategy(name: str | None, strict: bool = False):
+  """Lower CPU calls traced inside this block with strategy `name`.
 
-  Takes effect when a function is lowered: call it fresh (a new jax.jit, or
-  after jax.clear_caches()) inside the block.
+  Where `name` cannot lower a call (it does not apply to the configuration,
+  which transformations such as vmap can change, or it is `canonical` for
+  float64/int32, which XLA CPU can abort on), the automatic choice stays,
+  or with `strict=True` the lowering raises ValueError.  Yields a list that
+  gets the strategy of every call lowered inside the block, so a test can
+  prove which one ran.  Takes effect when a function is lowered: call it
+  fresh (a new jax.jit, or after jax.clear_caches()) inside the block.
   """
   if name is not None and name not in STRATEGIES:
     raise ValueError(f"unknown CPU strategy {name!r}; choose from {STRATEGIES}")
-  token = _forced.set(name)
+  lowered: list[str] = []
+  token = _forced.set((name, strict, lowered))
   try:
-    yield
+    yield lowered
   finally:
     _forced.reset(token)
 
@@ -147,14 +152,21 @@ def choose(spec: ConvSpec, filter_shape, dtype,
 
 
 def chosen(spec: ConvSpec, filter_shape, dtype, batch: int = 1) -> str:
-  """The strategy a call lowers with now: the forced one where it applies
-  (transformations such as vmap can change a call's configuration), else
-  the automatic choice.  Never the canonical convolution for float64/int32:
-  XLA CPU can abort the process on it."""
-  name = _forced.get()
-  if name is None or not applies(name, spec, filter_shape) or (
-      name == "canonical" and np.dtype(dtype) in _NO_CPU_CONVOLUTION):
-    return choose(spec, filter_shape, dtype, batch)[0]
+  """The strategy a call lowers with now: the forced one where it can (see
+  `force_strategy`), else the automatic choice."""
+  name, strict, lowered = _forced.get() or (None, False, [])
+  why = None
+  if name is not None and not applies(name, spec, filter_shape):
+    why = "it does not apply to this configuration"
+  elif name == "canonical" and np.dtype(dtype) in _NO_CPU_CONVOLUTION:
+    why = "XLA CPU can abort the process on float64/int32 convolutions"
+  if why and strict:
+    raise ValueError(
+        f"force_strategy({name!r}, strict=True): {why} ({spec}, filter "
+        f"shape {tuple(filter_shape)}, {np.dtype(dtype)})")
+  if name is None or why:
+    name = choose(spec, filter_shape, dtype, batch)[0]
+  lowered.append(name)
   return name
 
 

@@ -1,5 +1,7 @@
 """Random valid op configurations in TF's terms (shared by tests and recorder).
 
+Shapes come from the reference's own TF arithmetic, never from `lowering`.
+
 A config is a dict of TF attributes plus shapes and a dtype:
 input_sizes, filter_shape, out_backprop_shape, strides, padding,
 explicit_paddings, data_format, dilations, dtype.
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowering.geometry import forward_output_size, forward_padding
+from jaxconv import reference
 
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int32")
 
@@ -41,10 +43,10 @@ def random_config(rng: np.random.Generator, dtype: str | None = None,
       ek = (k - 1) * d + 1
       # Explicit pads up to beyond ek - 1, so that crops occur.
       explicit = (int(rng.integers(0, ek + 3)), int(rng.integers(0, ek + 3)))
-      pad = forward_padding(padding, size, k, s, d, explicit)
+      pad = reference.pads(padding, size, k, s, d, explicit)
       spatial.append(size); kernel.append(k); strides.append(s)
       dilations.append(d); pads.append(pad)
-      out.append(forward_output_size(size, k, s, d, pad))
+      out.append(reference.output_size(padding, size, k, s, d, explicit))
     if min(out) < 0:
       continue
     two_entry = groups == 1 and rng.random() < 0.2
@@ -73,3 +75,29 @@ def random_operands(rng: np.random.Generator, cfg: dict):
     # Multiples of 1/8 in [-4, 4]: exact in every float dtype.
     return rng.integers(-32, 33, size=shape).astype(np.float64) / 8
   return draw(cfg["filter_shape"]), draw(cfg["out_backprop_shape"])
+
+
+def random_nd_case(rng: np.random.Generator, ndim: int, dtype="float64",
+                   max_size: int = 8):
+  """(ConvSpec with explicit pads, filter, out_backprop) over `ndim` spatial
+  dims; shapes from the reference's arithmetic, generic float64 values."""
+  from lowering.geometry import ConvSpec  # the container only, no arithmetic
+  groups = int(rng.choice([1, 1, 2, 3]))
+  ci, cog = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+  kernel = tuple(int(k) for k in rng.integers(1, 4, ndim))
+  while True:
+    spatial = tuple(int(i) for i in rng.integers(1, max_size, ndim))
+    strides = tuple(int(s) for s in rng.integers(1, 4, ndim))
+    dilations = tuple(int(d) for d in rng.integers(1, 3, ndim))
+    pads = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (ndim, 2)))
+    out = [reference.output_size("EXPLICIT", i, k, s, d, p) for i, k, s, d, p
+           in zip(spatial, kernel, strides, dilations, pads)]
+    if min(out) > 0:
+      break
+  spec = ConvSpec(input_spatial=spatial, strides=strides, dilations=dilations,
+                  padding=pads, groups=groups,
+                  channels_last=bool(rng.integers(2)))
+  w = rng.standard_normal((*kernel, ci, groups * cog))
+  shape = ((2, *out, groups * cog) if spec.channels_last else
+           (2, groups * cog, *out))
+  return spec, w.astype(dtype), rng.standard_normal(shape).astype(dtype)

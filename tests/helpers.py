@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxconv
-from lowering.geometry import forward_padding
 from jaxconv import reference
 
 # Max abs error allowed relative to the result's scale, per dtype.
@@ -26,24 +25,12 @@ def run_op(cfg, filt, dy):
       data_format=cfg["data_format"], dilations=cfg["dilations"])
 
 
-def run_reference(cfg, filt, dy):
-  """Float64 (or wrapped int32) reference, padding from the geometry module."""
-  fmt = cfg["data_format"]
-  sizes = cfg["input_sizes"]
-  in_spatial = sizes if len(sizes) == 2 else spatial(sizes, fmt)
-  in_depth = filt.shape[2] if len(sizes) == 2 else (
-      sizes[-1] if fmt == "NHWC" else sizes[1])
-  strides, dilations = spatial(cfg["strides"], fmt), spatial(cfg["dilations"], fmt)
-  pads = cfg["explicit_paddings"]
-  explicit = spatial([pads[2 * i:2 * i + 2] for i in range(4)], fmt) if pads else [
-      (0, 0)] * 2
-  pads_before = [
-      forward_padding(cfg["padding"], i, k, s, d, e)[0] for i, k, s, d, e in zip(
-          in_spatial, filt.shape[:2], strides, dilations, explicit)]
-  return reference.backprop_input(
-      filt, dy, input_spatial=in_spatial, strides=strides, dilations=dilations,
-      pads_before=pads_before, groups=in_depth // filt.shape[2],
-      channels_last=fmt == "NHWC")
+def run_reference(cfg, filt, dy, **kw):
+  """Float64 (or wrapped int32) reference of the op for a config."""
+  return reference.raw_backprop_input(
+      cfg["input_sizes"], filt, dy, strides=cfg["strides"],
+      padding=cfg["padding"], explicit_paddings=cfg["explicit_paddings"],
+      data_format=cfg["data_format"], dilations=cfg["dilations"], **kw)
 
 
 def assert_close(actual, expected, dtype: str, context=""):
@@ -57,3 +44,12 @@ def assert_close(actual, expected, dtype: str, context=""):
   scale = max(1.0, float(np.max(np.abs(expected), initial=0)))
   assert err <= RTOL[dtype] * scale, (err, scale, context)
   return err
+
+
+def reference_for_spec(filt, dy, spec, **kw):
+  """The reference for a ConvSpec built by a test with its own (explicit)
+  pads: nothing comes from the code under test."""
+  return reference.backprop_input(
+      filt, dy, input_spatial=spec.input_spatial, strides=spec.strides,
+      dilations=spec.dilations, padding="EXPLICIT", explicit=spec.padding,
+      groups=spec.groups, channels_last=spec.channels_last, **kw)

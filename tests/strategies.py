@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from lowering.geometry import forward_output_size, forward_padding
+from jaxconv import reference
 from tests.configs import DTYPES, random_operands
 
 ARG_NAMES = ("input_sizes", "filter", "out_backprop", "strides", "padding",
@@ -27,8 +27,8 @@ def valid_configs(draw, dtypes=DTYPES, max_size=8):
     s, d = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     ek = (k - 1) * d + 1
     explicit = (draw(st.integers(0, ek + 2)), draw(st.integers(0, ek + 2)))
-    pad = forward_padding(padding, size, k, s, d, explicit)
-    o = forward_output_size(size, k, s, d, pad)
+    pad = reference.pads(padding, size, k, s, d, explicit)
+    o = reference.output_size(padding, size, k, s, d, explicit)
     assume(o >= 0)
     dims.append((size, k, s, d, pad, o))
   size, k, s, d, pad, o = map(list, zip(*dims))

@@ -10,13 +10,15 @@ import pytest
 from jax import export
 
 import lowering
-from lowering import cpu, geometry, partners
+from lowering import cpu, partners
 from tests import configs
-from tests.helpers import assert_close, run_op, run_reference, spatial
+from tests.helpers import (assert_close, reference_for_spec, run_op,
+                           run_reference, spatial)
 from tests.test_lowering import negative_conv_pads
 
 import jaxconv
-from jaxconv import attrs, reference
+from jaxconv import attrs
+from jaxconv.export import LayerConfig
 
 
 def _spec(fn, w, dy):
@@ -26,80 +28,86 @@ def _spec(fn, w, dy):
               if e.primitive is jaxconv.conv2d_backprop_input_p)
 
 
+def _lowers(strategy, dtype):
+  """Whether the strategy can be forced for this dtype (XLA CPU can abort
+  on float64/int32 convolutions; tests/test_canonical.py covers float64
+  through the canonical form in a child process)."""
+  return strategy != "canonical" or dtype not in ("float64", "int32")
+
+
 def _configs_for(strategy, count, seed):
-  """Random configs (every dtype, layout, padding, crop) the strategy applies to."""
+  """Random configs (every dtype, layout, padding, crop) the strategy applies
+  to, at least half of them with work to do (no empty operand)."""
   rng = np.random.default_rng(seed)
   out = []
   while len(out) < count:
     cfg = configs.random_config(rng)
     w, dy = configs.random_operands(rng, cfg)
-    if cpu.applies(strategy, _spec(lambda w, dy: run_op(cfg, w, dy), w, dy),
-                   w.shape):
+    empty = 0 in (*w.shape, *dy.shape, *cfg["input_sizes"])
+    if (_lowers(strategy, cfg["dtype"]) and not (empty and len(out) % 2)
+        and cpu.applies(strategy, _spec(lambda w, dy: run_op(cfg, w, dy), w,
+                                        dy), w.shape)):
       out.append((cfg, w, dy))
+  return out
+
+
+def _jit_forced(strategy, fn, *args):
+  """fn(*args) compiled with `strategy` forced strictly; asserts it ran."""
+  with lowering.force_strategy(strategy, strict=True) as lowered:
+    out = jax.jit(fn)(*args)
+  assert lowered and set(lowered) == {strategy}, lowered
   return out
 
 
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES)
 def test_exact_against_reference(strategy):
   cases = _configs_for(strategy, 40, seed=cpu.STRATEGIES.index(strategy))
-  with lowering.force_strategy(strategy):
-    for cfg, w, dy in cases:
-      w, dy = w.astype(cfg["dtype"]), dy.astype(cfg["dtype"])
+  for cfg, w, dy in cases:
+    w, dy = w.astype(cfg["dtype"]), dy.astype(cfg["dtype"])
+    if 0 in (*w.shape, *dy.shape, *cfg["input_sizes"]):  # zeros, no lowering
       out = jax.jit(lambda w, dy, cfg=cfg: run_op(cfg, w, dy))(w, dy)
-      assert str(out.dtype) == cfg["dtype"]
-      assert_close(out, run_reference(cfg, w, dy), cfg["dtype"], (strategy, cfg))
+    else:
+      out = _jit_forced(strategy, lambda w, dy, cfg=cfg: run_op(cfg, w, dy),
+                        w, dy)
+    assert str(out.dtype) == cfg["dtype"]
+    assert_close(out, run_reference(cfg, w, dy), cfg["dtype"], (strategy, cfg))
 
 
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES)
 def test_generic_float_values(strategy):
   # Not only multiples of 1/8: float32 and float64 with generic values.
   rng = np.random.default_rng(1)
-  with lowering.force_strategy(strategy):
-    for cfg, _, _ in _configs_for(strategy, 12, seed=7):
-      for dtype in ("float32", "float64"):
-        cfg = {**cfg, "dtype": dtype}
-        w = rng.standard_normal(cfg["filter_shape"]).astype(dtype)
-        dy = rng.standard_normal(cfg["out_backprop_shape"]).astype(dtype)
-        out = jax.jit(lambda w, dy, cfg=cfg: run_op(cfg, w, dy))(w, dy)
-        assert_close(out, run_reference(cfg, w, dy), dtype, (strategy, cfg))
-
-
-def _random_nd_case(rng, ndim):
-  """A ConvSpec over `ndim` spatial dims with float64 operands that fit it."""
-  groups = int(rng.choice([1, 1, 2, 3]))
-  ci, cog = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-  kernel = tuple(int(k) for k in rng.integers(1, 4, ndim))
-  while True:
-    spec = geometry.ConvSpec(
-        input_spatial=tuple(int(i) for i in rng.integers(1, 8, ndim)),
-        strides=tuple(int(s) for s in rng.integers(1, 4, ndim)),
-        dilations=tuple(int(d) for d in rng.integers(1, 3, ndim)),
-        padding=tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (ndim, 2))),
-        groups=groups, channels_last=bool(rng.integers(2)))
-    out_spatial = spec.out_backprop_spatial(kernel)
-    if min(out_spatial) > 0:
-      break
-  w = rng.standard_normal((*kernel, ci, groups * cog))
-  dy = rng.standard_normal(spec.activation_shape(2, groups * cog, out_spatial))
-  return spec, w, dy
+  for cfg, _, _ in _configs_for(strategy, 12, seed=7):
+    if 0 in (*cfg["filter_shape"], *cfg["out_backprop_shape"],
+             *cfg["input_sizes"]):
+      continue
+    for dtype in ("float32", "float64"):
+      if not _lowers(strategy, dtype):
+        continue
+      cfg = {**cfg, "dtype": dtype}
+      w = rng.standard_normal(cfg["filter_shape"]).astype(dtype)
+      dy = rng.standard_normal(cfg["out_backprop_shape"]).astype(dtype)
+      out = _jit_forced(strategy, lambda w, dy, cfg=cfg: run_op(cfg, w, dy),
+                        w, dy)
+      assert_close(out, run_reference(cfg, w, dy), dtype, (strategy, cfg))
 
 
 @pytest.mark.parametrize("ndim", [1, 3])
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES)
 def test_exact_in_1d_and_3d(strategy, ndim):
   # The primitive and every strategy are N-d (1-3 spatial dims).
+  dtype = "float64" if _lowers(strategy, "float64") else "float32"
   rng = np.random.default_rng(ndim)
   cases = []
   while len(cases) < 6:
-    spec, w, dy = _random_nd_case(rng, ndim)
+    spec, w, dy = configs.random_nd_case(rng, ndim, dtype)
     if cpu.applies(strategy, spec, w.shape):
       cases.append((spec, w, dy))
-  with lowering.force_strategy(strategy):
-    for spec, w, dy in cases:
-      out = jax.jit(lambda w, dy, spec=spec: jaxconv.conv2d_backprop_input_p.bind(
-          w, dy, spec=spec))(w, dy)
-      assert_close(out, reference.for_spec(w, dy, spec), "float64",
-                   (strategy, spec))
+  for spec, w, dy in cases:
+    out = _jit_forced(strategy, lambda w, dy, spec=spec:
+                      jaxconv.conv2d_backprop_input_p.bind(w, dy, spec=spec),
+                      w, dy)
+    assert_close(out, reference_for_spec(w, dy, spec), dtype, (strategy, spec))
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3])
@@ -108,8 +116,8 @@ def test_gradients_in_1d_to_3d(ndim):
   # op's adjoints: <op(w, dy), ct> = <dy, T_dy(ct)> = <w, T_w(ct)>.
   rng = np.random.default_rng(10 + ndim)
   for _ in range(8):
-    spec, w, dy = _random_nd_case(rng, ndim)
-    want = reference.for_spec(w, dy, spec)
+    spec, w, dy = configs.random_nd_case(rng, ndim)
+    want = reference_for_spec(w, dy, spec)
     ct = rng.standard_normal(want.shape)
     _, vjp = jax.vjp(lambda w, dy, spec=spec:
                      jaxconv.conv2d_backprop_input_p.bind(w, dy, spec=spec), w, dy)
@@ -127,7 +135,7 @@ def test_cpu_partners_match_the_standard_forms(dtype):
   tol = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 2e-2}[dtype]
   kinds = []
   while len(kinds) < 12:
-    spec, w, dy = _random_nd_case(rng, int(rng.integers(1, 4)))
+    spec, w, dy = configs.random_nd_case(rng, int(rng.integers(1, 4)))
     if spec.groups == 1:
       continue
     kinds.append("depthwise" if w.shape[spec.ndim] == 1 else "grouped")
@@ -191,8 +199,9 @@ def test_layers_cover_every_strategy():
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES)
 def test_no_zero_inflated_input(strategy):
   op, w, dy = _layer(strategy)
-  with lowering.force_strategy(strategy):
+  with lowering.force_strategy(strategy, strict=True) as lowered:
     text = jax.jit(lambda w, dy: op(w, dy)).lower(w, dy).as_text()
+  assert lowered == [strategy]
   dilated = [c for c in re.findall(r"lhs_dilate = \[([^\]]*)\]", text)
              if set(c.split(", ")) != {"1"}]
   if strategy == "canonical":
@@ -207,11 +216,12 @@ def test_no_zero_inflated_input(strategy):
 def test_symbolic_batch_export(strategy, data_format):
   op, w, dy = _layer(strategy, data_format)
   b, = export.symbolic_shape("b")
-  with lowering.force_strategy(strategy):
+  with lowering.force_strategy(strategy, strict=True) as lowered:
     exp = export.export(jax.jit(lambda w, dy: op(w, dy, batch=dy.shape[0])),
                         platforms=["cpu"])(
         jax.ShapeDtypeStruct(w.shape, w.dtype),
         jax.ShapeDtypeStruct((b, *dy.shape[1:]), dy.dtype))
+  assert lowered == [strategy]
   for batch in (1, 3):
     dyb = np.concatenate([dy] * 2)[:batch]
     np.testing.assert_allclose(exp.call(w, dyb), op(w, dyb, batch=batch),
@@ -225,8 +235,9 @@ def test_grad_and_vmap_under_strategy(strategy):
   want = jax.grad(loss, argnums=(0, 1))(w, dy)
   ws = np.stack([w, 2 * w])
   want_v = np.stack([op(w, dy), op(2 * w, dy)])
-  with lowering.force_strategy(strategy):
+  with lowering.force_strategy(strategy) as lowered:
     got = jax.jit(jax.grad(lambda w, dy: loss(w, dy), argnums=(0, 1)))(w, dy)
+    assert lowered == [strategy]  # the forward pass; the grads are partners
     got_v = jax.jit(jax.vmap(lambda w, dy: op(w, dy), in_axes=(0, None)))(ws, dy)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -235,9 +246,18 @@ def test_grad_and_vmap_under_strategy(strategy):
 
 def test_forcing_falls_back_where_a_strategy_does_not_apply():
   op, w, dy = _layer("canonical")  # one group: depthwise cannot apply
-  with lowering.force_strategy("depthwise"):
+  automatic = cpu.choose(_spec(op, w, dy), w.shape, np.float32, 2)[0]
+  with lowering.force_strategy("depthwise") as lowered:
     out = jax.jit(lambda w, dy: op(w, dy))(w, dy)
+  assert lowered == [automatic] != ["depthwise"]  # the fallback is visible
   np.testing.assert_allclose(out, op(w, dy), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="does not apply"):
+    with lowering.force_strategy("depthwise", strict=True):
+      jax.jit(lambda w, dy: op(w, dy))(w, dy)
+  with pytest.raises(ValueError, match="abort"):
+    with lowering.force_strategy("canonical", strict=True):
+      jax.jit(lambda w, dy: op(w, dy))(w.astype(np.float64),
+                                       dy.astype(np.float64))
   with pytest.raises(ValueError, match="unknown CPU strategy"):
     with lowering.force_strategy("fastest"):
       pass
@@ -246,7 +266,11 @@ def test_forcing_falls_back_where_a_strategy_does_not_apply():
 def test_choice_is_visible():
   op, w, dy = _layer("depthwise")
   name, reason = cpu.choose(_spec(op, w, dy), w.shape, np.float32)
-  assert name in cpu.STRATEGIES and reason
+  assert name == "depthwise" and reason.startswith("depthwise: ")
+  sizes, fshape, strides = STRATEGY_LAYERS["depthwise"]
+  config = LayerConfig(input_sizes=sizes, filter_sizes=fshape,
+                       strides=strides)
+  assert config.cpu_strategy() == (name, reason)
 
 
 @pytest.mark.parametrize("fmt, sizes, fshape, stride, dtype, want", [
