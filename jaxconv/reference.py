@@ -177,9 +177,22 @@ def backprop_filter(x, dy, *, kernel, strides, dilations, padding,
 
 
 
-def _spatial(values, channels_last, n):
-  values = list(values)
-  return values[1:n + 1] if channels_last else values[2:n + 2]
+
+def tf_geometry(data_format: str, strides, padding, explicit_paddings=(),
+                dilations=None) -> dict:
+  """TF's attribute lists (data_format order) -> this module's keywords
+  (strides, dilations, padding, explicit, channels_last)."""
+  n = len(data_format) - 2
+  channels_last = data_format.endswith("C")
+
+  def spatial(values):
+    values = list(values)
+    return values[1:n + 1] if channels_last else values[2:n + 2]
+  flat = list(explicit_paddings)
+  pairs = [tuple(flat[2 * i:2 * i + 2]) for i in range(len(flat) // 2)]
+  return dict(strides=spatial(strides),
+              dilations=spatial(dilations or [1] * (n + 2)), padding=padding,
+              explicit=spatial(pairs) or None, channels_last=channels_last)
 
 
 def raw_backprop_input(input_sizes, filt, dy, *, strides, padding,
@@ -187,20 +200,15 @@ def raw_backprop_input(input_sizes, filt, dy, *, strides, padding,
                        dilations=None, accumulate=None):
   """`backprop_input` from TF's raw-op arguments: lists in data_format order;
   input_sizes with N + 2 entries or N spatial ones (depth from the filter)."""
-  n = np.ndim(filt) - 2
-  channels_last = data_format.endswith("C")
-  sizes = list(input_sizes)
+  geometry = tf_geometry(data_format, strides, padding, explicit_paddings,
+                         dilations)
+  sizes, n = list(input_sizes), len(data_format) - 2
   if len(sizes) == n:
     spatial, depth = sizes, np.shape(filt)[-2]
+  elif geometry["channels_last"]:
+    spatial, depth = sizes[1:-1], sizes[-1]
   else:
-    spatial = _spatial(sizes, channels_last, n)
-    depth = sizes[-1] if channels_last else sizes[1]
-  flat = list(explicit_paddings)
-  pairs = [tuple(flat[2 * i:2 * i + 2]) for i in range(len(flat) // 2)]
-  return backprop_input(
-      filt, dy, input_spatial=spatial,
-      strides=_spatial(strides, channels_last, n),
-      dilations=_spatial(dilations or [1] * (n + 2), channels_last, n),
-      padding=padding, explicit=_spatial(pairs, channels_last, n) or None,
-      groups=depth // np.shape(filt)[-2], channels_last=channels_last,
-      accumulate=accumulate)
+    spatial, depth = sizes[2:], sizes[1]
+  return backprop_input(filt, dy, input_spatial=spatial,
+                        groups=depth // np.shape(filt)[-2],
+                        accumulate=accumulate, **geometry)

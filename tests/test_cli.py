@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import export
 
-from jaxconv import cli
+from jaxconv import cli, reference
 
 
 def run(capsys, *argv):
@@ -107,12 +107,19 @@ def test_serialized_artifact_with_batch_platforms_and_grad(capsys, tmp_path):
   exp = export.deserialize(path.read_bytes())
   assert exp.platforms == ("cpu", "cuda", "rocm", "tpu")
   assert str(exp.in_avals[1].shape[0]) == "N"
-  w = np.ones((3, 3, 4, 8), np.float32)
-  dy = np.ones((5, 8, 8, 8), np.float32)
-  ct = np.ones((5, 16, 16, 4), np.float32)
+  rng = np.random.default_rng(0)
+  w, dy, ct = (rng.standard_normal(s).astype(np.float32) for s in
+               ((3, 3, 4, 8), (5, 8, 8, 8), (5, 16, 16, 4)))
   out, d_w, d_dy = exp.call(w, dy, ct)
-  assert out.shape == (5, 16, 16, 4) and d_w.shape == w.shape
-  assert d_dy.shape == dy.shape
+  # Values (the default strides 1,2,2,1, SAME) against the reference.
+  geometry = reference.tf_geometry("NHWC", [1, 2, 2, 1], "SAME")
+  for got, want in (
+      (out, reference.raw_backprop_input([16, 16], w, dy,
+                                         strides=[1, 2, 2, 1], padding="SAME")),
+      (d_w, reference.backprop_filter(ct, dy, kernel=(3, 3), **geometry)),
+      (d_dy, reference.forward(ct, w, **geometry))):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_text_to_file(capsys, tmp_path):

@@ -1,7 +1,6 @@
 """The op's values, shapes and dtypes against the float64 reference and JAX's conv VJP."""
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 from absl.testing import parameterized
