@@ -3,7 +3,9 @@
     python -m tests.fuzz --valid 200 --invalid 1000 [--seed 0] [--log FILE]
 
 valid:   random valid configurations agree with the float64 reference
-         within the per-dtype tolerance, with the right shape and dtype;
+         within the per-dtype tolerance, with the right shape and dtype
+         (nine in ten have work to do; the share and the classes drawn
+         are printed);
 invalid: random always-invalid calls raise ValueError or TypeError whose
          message names an argument, never anything else.
 Before each case the log file gets its description, so a parent process
@@ -19,7 +21,8 @@ import jax
 from hypothesis import HealthCheck, given, seed, settings
 
 from tests.helpers import assert_close, run_op, run_reference
-from tests.strategies import ARG_NAMES, invalid_calls, raw_kwargs, valid_configs
+from tests.strategies import (ARG_NAMES, has_work, invalid_calls, raw_kwargs,
+                              valid_configs)
 
 import jaxconv
 
@@ -49,7 +52,8 @@ def _describe(kw):
 
 def run(valid: int, invalid: int, seed_value: int, log_path: str | None) -> int:
   log = open(log_path, "a", buffering=1) if log_path else None
-  counts = {"valid": 0, "invalid": 0}
+  counts = {"valid": 0, "invalid": 0, "with work": 0}
+  classes = {"padding": {}, "data_format": {}, "dtype": {}}
   common = dict(database=None, deadline=None, derandomize=False,
                 suppress_health_check=list(HealthCheck))
 
@@ -61,6 +65,9 @@ def run(valid: int, invalid: int, seed_value: int, log_path: str | None) -> int:
       log.write(f"valid {cfg}\n")
     check_valid(cfg)
     counts["valid"] += 1
+    counts["with work"] += has_work(cfg)
+    for key in ("padding", "data_format", "dtype"):
+      classes[key][cfg[key]] = classes[key].get(cfg[key], 0) + 1
 
   @seed(seed_value)
   @settings(max_examples=invalid, **common)
@@ -83,6 +90,10 @@ def run(valid: int, invalid: int, seed_value: int, log_path: str | None) -> int:
       failed += 1
       print(f"fuzz {name}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
     print(f"fuzz {name}: {counts[name]} cases ran", flush=True)
+    if name == "valid":
+      share = counts["with work"] / max(counts["valid"], 1)
+      print(f"fuzz valid: {counts['with work']} with work ({share:.0%}), "
+            f"{counts['valid'] - counts['with work']} empty; {classes}")
   print(f"fuzz: {2 - failed} passed, {failed} failed")
   return 1 if failed else 0
 

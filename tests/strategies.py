@@ -14,19 +14,30 @@ ARG_NAMES = ("input_sizes", "filter", "out_backprop", "strides", "padding",
 
 @st.composite
 def valid_configs(draw, dtypes=DTYPES, max_size=8):
-  """A valid config dict (see tests/configs.py) over every attribute class."""
+  """A valid config dict (see tests/configs.py) over every attribute class.
+
+  One in ten has an empty dimension (batch, a spatial size or the out
+  channels: the zeros path); the others have work to do (no empty operand
+  or result).
+  """
   fmt = draw(st.sampled_from(["NHWC", "NCHW"]))
   padding = draw(st.sampled_from(["SAME", "VALID", "EXPLICIT"]))
-  batch = draw(st.integers(0, 3))
+  empty = draw(st.sampled_from([None] * 9 + ["batch", "size", "out"]))
+  batch = 0 if empty == "batch" else draw(st.integers(1, 3))
   groups = draw(st.integers(1, 3))
-  ci_f, co = draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+  ci_f = draw(st.integers(1, 3))
+  co = 0 if empty == "out" else groups * draw(st.integers(1, 3))
   two_entry = groups == 1 and draw(st.booleans())
   dims = []
-  for _ in range(2):
-    size, k = draw(st.integers(0, max_size)), draw(st.integers(1, 4))
-    s, d = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    ek = (k - 1) * d + 1
+  for dim in range(2):
+    k, s, d = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(
+        st.integers(1, 3))
+    ek = reference.window_extent(k, d)
     explicit = (draw(st.integers(0, ek + 2)), draw(st.integers(0, ek + 2)))
+    # The smallest size with at least one window (SAME: always one).
+    least = {"SAME": 1, "VALID": ek, "EXPLICIT": ek - sum(explicit)}[padding]
+    size = 0 if empty == "size" and dim == 0 else draw(
+        st.integers(max(least, 1), max(max_size, least)))
     pad = reference.pads(padding, size, k, s, d, explicit)
     o = reference.output_size(padding, size, k, s, d, explicit)
     assume(o >= 0)
@@ -42,6 +53,12 @@ def valid_configs(draw, dtypes=DTYPES, max_size=8):
       explicit_paddings=([] if padding != "EXPLICIT" else
                          [v for p in ordered((0, 0), (0, 0), pad) for v in p]),
       data_format=fmt, dtype=draw(st.sampled_from(dtypes)))
+
+
+def has_work(cfg) -> bool:
+  """No empty operand or result."""
+  return 0 not in (*cfg["filter_shape"], *cfg["out_backprop_shape"],
+                   *cfg["input_sizes"])
 
 
 def raw_kwargs(cfg, seed=0):
@@ -89,7 +106,7 @@ def invalid_calls(draw):
   kw = raw_kwargs(cfg)
   what = draw(st.sampled_from([
       "strides", "dilations", "padding", "explicit_paddings", "data_format",
-      "input_sizes", "filter", "out_backprop"]))
+      "input_sizes", "filter", "out_backprop", "use_cudnn_on_gpu"]))
   if what in ("strides", "dilations"):
     _window_mutation(draw, kw, what)
   elif what == "padding":
@@ -98,18 +115,23 @@ def invalid_calls(draw):
   elif what == "explicit_paddings":
     if kw["padding"] == "EXPLICIT":
       pads = list(kw["explicit_paddings"])
-      how = draw(st.sampled_from(["length", "negative", "batch", "kind"]))
+      how = draw(st.sampled_from(["length", "negative", "batch_or_depth",
+                                  "kind"]))
       if how == "length":
         pads = pads[:draw(st.sampled_from([0, 2, 4, 6, 7]))] or pads + [0, 0]
       elif how == "negative":
         pads[draw(st.sampled_from([2 * i for i in _spatial_index(kw)]))] = -1
-      elif how == "batch":
-        pads[draw(st.sampled_from([0, 1]))] = draw(st.integers(1, 3))
+      elif how == "batch_or_depth":
+        depth = 3 if kw["data_format"] == "NHWC" else 1
+        pads[draw(st.sampled_from([0, 1, 2 * depth, 2 * depth + 1]))] = draw(
+            st.integers(1, 3))
       else:
         pads[draw(st.integers(0, 7))] = draw(st.sampled_from(["1", 1.0, None]))
       kw["explicit_paddings"] = pads
     else:
       kw["explicit_paddings"] = [0] * draw(st.sampled_from([2, 8]))
+  elif what == "use_cudnn_on_gpu":
+    kw["use_cudnn_on_gpu"] = draw(st.sampled_from([None, 1, 0, "True", 1.0]))
   elif what == "data_format":
     kw["data_format"] = draw(st.sampled_from(["NWHC", "nhwc", "", "NCDHW",
                                               None, 4]))

@@ -54,6 +54,8 @@ def _campaign(valid, invalid, seed):
   assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
   assert f"fuzz valid: {valid} cases ran" in proc.stdout
   assert f"fuzz invalid: {invalid} cases ran" in proc.stdout
+  share = int(proc.stdout.split(" with work (")[1].split("%")[0])
+  assert share >= 80, proc.stdout  # examples that do real work
   return proc.stdout
 
 
