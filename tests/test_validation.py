@@ -7,7 +7,10 @@ import jax
 import numpy as np
 from absl.testing import parameterized
 
+import pytest
+
 import jaxconv
+import lowering
 
 GOOD = dict(input_sizes=[2, 8, 8, 3], filter=np.ones((3, 3, 3, 4), np.float32),
             out_backprop=np.ones((2, 4, 4, 4), np.float32), strides=[1, 2, 2, 1],
@@ -180,3 +183,16 @@ class CompatWrapperValidationTest(parameterized.TestCase):
   def test_missing_strides(self):
     with self.assertRaisesRegex(ValueError, r"missing required argument\(s\): strides"):
       self.call(strides=None)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(input_spatial=(), strides=(), dilations=(), padding=()),
+    dict(input_spatial=(4,) * 4, strides=(1,) * 4, dilations=(1,) * 4,
+         padding=((0, 0),) * 4),
+    dict(input_spatial=(4, 4), strides=(1,), dilations=(1,), padding=((0, 0),)),
+    dict(input_spatial=(4,), strides=(1,), dilations=(1, 1), padding=((0, 0),)),
+    dict(input_spatial=(4,), strides=(1,), dilations=(1,), padding=()),
+])
+def test_conv_spec_rejects_inconsistent_ranks(fields):
+  with pytest.raises(ValueError, match="inconsistent spatial ranks"):
+    lowering.ConvSpec(**fields)
