@@ -1,14 +1,24 @@
-"""jaxconv: TensorFlow's Conv2DBackpropInput as a JAX primitive.
+"""jaxconv: TensorFlow's transposed-convolution family as JAX primitives.
 
-    jaxconv.conv2d_backprop_input(...)          # tf.compat.v1.nn.conv2d_backprop_input
-    jaxconv.raw_ops.Conv2DBackpropInput(...)    # tf.raw_ops.Conv2DBackpropInput
-    jaxconv.conv2d_backprop_input_p             # the primitive (N-d capable)
+    jaxconv.raw_ops.Conv2DBackpropInput(...)    # tf.raw_ops (10 ops: 2-D/3-D,
+                                                #   depthwise, V2, filter grads)
+    jaxconv.nn.conv2d_transpose(...)            # tf.nn
+    jaxconv.compat.v1.nn.conv2d_transpose(...)  # tf.compat.v1.nn
+    jaxconv.conv2d_backprop_input(...)          # = compat.v1.nn's
+    jaxconv.conv2d_backprop_input_p             # the primitive (N-d)
+    jaxconv.conv_backprop_filter_p              # its filter-gradient partner
+
+A call flows: signature layer (raw_ops / nn / compat.v1.nn) -> core.py ->
+attrs.py (validation, one ConvSpec) -> the primitive (primitive.py, its
+partners in partners.py, transforms in rules.py) -> lowering/.
 """
-from jaxconv import raw_ops, rules  # noqa: F401  (rules registers transforms)
-from jaxconv.api import conv2d_backprop_input
+from jaxconv import compat, nn, raw_ops, rules  # noqa: F401  (rules registers transforms)
+from jaxconv.compat.v1.nn import conv2d_backprop_input
+from jaxconv.partners import conv_backprop_filter_p
 from jaxconv.primitive import conv_backprop_input_p
 
 conv2d_backprop_input_p = conv_backprop_input_p
 
-__all__ = ["conv2d_backprop_input", "conv2d_backprop_input_p", "raw_ops"]
+__all__ = ["compat", "conv2d_backprop_input", "conv2d_backprop_input_p",
+           "conv_backprop_filter_p", "nn", "raw_ops"]
 __version__ = "0.1.0"

@@ -22,8 +22,9 @@ DATA_FORMATS = {1: ("NWC", "NCW"), 2: ("NHWC", "NCHW"), 3: ("NDHWC", "NCDHW")}
 PADDINGS = ("SAME", "VALID", "EXPLICIT")
 
 
-def as_operand(x, name: str):
-  """An array operand (NumPy, JAX, nested list or tracer) with a checked dtype."""
+def as_operand(x, name: str, dtypes=SUPPORTED_DTYPES):
+  """An array operand (NumPy, JAX, nested list or tracer) with a dtype in
+  `dtypes` (TF's list for the op: only Conv2DBackpropInput takes int32)."""
   if not hasattr(x, "dtype") or not hasattr(x, "shape"):
     try:
       x = np.asarray(x)
@@ -35,9 +36,9 @@ def as_operand(x, name: str):
       x = x.astype(np.float32)
     elif x.dtype == np.int64:
       x = x.astype(np.int32)
-  if np.dtype(x.dtype) not in SUPPORTED_DTYPES:
+  if np.dtype(x.dtype) not in dtypes:
     raise TypeError(f"{name} has dtype {x.dtype}; expected one of "
-                    f"{', '.join(map(str, SUPPORTED_DTYPES))}")
+                    f"{', '.join(map(str, dtypes))}")
   return x
 
 
@@ -73,36 +74,37 @@ def parse_data_format(data_format, ndim: int) -> bool:
   return data_format == formats[0]
 
 
-def parse_input_sizes(input_sizes, ndim: int) -> list:
-  """TF's `input_sizes`: ndim + 2 entries (full shape) or ndim (spatial)."""
-  if isinstance(input_sizes, jax.core.Tracer):
+def parse_sizes(values, name: str, ndim: int, spatial_only: bool = False
+                ) -> list:
+  """A static shape vector (`input_sizes`, `filter_sizes`, `output_shape`):
+  ndim + 2 entries, or with `spatial_only` also ndim (spatial) entries."""
+  if isinstance(values, jax.core.Tracer):
     raise TypeError(
-        "input_sizes must be static (a list, tuple, NumPy array or concrete "
+        f"{name} must be static (a list, tuple, NumPy array or concrete "
         "array): XLA needs the result shape at compile time, but got a traced "
-        f"value {input_sizes}. Pass it as a Python list, or mark it static "
+        f"value {values}. Pass it as a Python list, or mark it static "
         "(e.g. jax.jit(..., static_argnames=...)).")
-  if isinstance(input_sizes, (str, bytes)):
-    raise TypeError(f"input_sizes must be a vector of integers, got "
-                    f"{input_sizes!r}")
-  if isinstance(input_sizes, (list, tuple)):
-    entries = list(input_sizes)
+  if isinstance(values, (str, bytes)):
+    raise TypeError(f"{name} must be a vector of integers, got {values!r}")
+  if isinstance(values, (list, tuple)):
+    entries = list(values)
   else:
-    arr = np.asarray(input_sizes)
+    arr = np.asarray(values)
     if arr.ndim != 1:
-      raise ValueError(
-          f"input_sizes must be 1-dimensional, got shape {arr.shape}")
+      raise ValueError(f"{name} must be 1-dimensional, got shape {arr.shape}")
     entries = arr.tolist()
-  if len(entries) not in (ndim, ndim + 2):
-    raise ValueError(f"input_sizes must have {ndim + 2} or {ndim} entries, "
-                     f"got {len(entries)}: {entries}")
+  lengths = (ndim + 2, ndim) if spatial_only else (ndim + 2,)
+  if len(entries) not in lengths:
+    raise ValueError(f"{name} must have {' or '.join(map(str, lengths))} "
+                     f"entries, got {len(entries)}: {entries}")
   sizes = []
   for i, v in enumerate(entries):
     if i == 0 and len(entries) == ndim + 2 and jax.export.is_symbolic_dim(v):
       sizes.append(v)  # a symbolic batch; checked against out_backprop later
       continue
-    v = _int(v, "input_sizes")
+    v = _int(v, name)
     if not 0 <= v <= INT32_MAX:
-      raise ValueError(f"input_sizes entries must be in [0, {INT32_MAX}], "
+      raise ValueError(f"{name} entries must be in [0, {INT32_MAX}], "
                        f"got {entries}")
     sizes.append(v)
   return sizes
@@ -160,13 +162,21 @@ def check_operands(ndim: int, filt, out_backprop) -> None:
 
 
 def make_spec(ndim: int, input_sizes, filter_shape, batch, strides, padding,
-              explicit_paddings, data_format, dilations) -> ConvSpec:
-  """Validate TF's attributes against the filter shape and batch size."""
+              explicit_paddings, data_format, dilations, *,
+              paddings=PADDINGS, sizes_name="input_sizes",
+              spatial_sizes=False) -> ConvSpec:
+  """Validate TF's attributes against the filter shape and batch size.
+
+  input_sizes: the forward conv's input shape, ndim + 2 entries (or, with
+  `spatial_sizes`, ndim spatial ones: Conv2DBackpropInput's short form);
+  `sizes_name` names it in errors.  paddings: the padding modes the op
+  takes (TF's 3-D ops have no EXPLICIT).
+  """
   n = ndim
   channels_last = parse_data_format(data_format, n)
-  if padding not in PADDINGS:
-    raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-  sizes = parse_input_sizes(input_sizes, n)
+  if padding not in paddings:
+    raise ValueError(f"padding must be one of {paddings}, got {padding!r}")
+  sizes = parse_sizes(input_sizes, sizes_name, n, spatial_only=spatial_sizes)
   window_strides = parse_window(strides, "strides", channels_last, n)
   window_dilations = parse_window(dilations, "dilations", channels_last, n)
   explicit = parse_explicit_paddings(padding, explicit_paddings,
@@ -182,9 +192,10 @@ def make_spec(ndim: int, input_sizes, filter_shape, batch, strides, padding,
     if sizes[0] != batch:
       raise ValueError(
           "input and out_backprop must have the same batch size, input batch: "
-          f"{sizes[0]} outbackprop batch: {batch} batch_dim: 0" + (
+          f"{sizes[0]} outbackprop batch: {batch} batch_dim: 0 ({sizes_name} "
+          f"{sizes})" + (
               " (with a symbolic batch, put the same dimension in "
-              "input_sizes[0] or give 2-entry input_sizes)" if any(
+              f"{sizes_name}[0] or give 2-entry input_sizes)" if any(
                   map(jax.export.is_symbolic_dim, (sizes[0], batch))) else ""))
   if filt_in <= 0:
     raise ValueError(f"filter in_depth (filter.shape[{n}]) must be positive, "
@@ -192,12 +203,12 @@ def make_spec(ndim: int, input_sizes, filter_shape, batch, strides, padding,
   if depth % filt_in:
     raise ValueError(
         f"input depth must be evenly divisible by filter depth: input depth "
-        f"{depth}, filter depth {filt_in} (input_sizes {sizes}, filter shape "
+        f"{depth}, filter depth {filt_in} ({sizes_name} {sizes}, filter shape "
         f"{filter_shape})")
   groups = depth // filt_in
   if groups == 0:
     raise ValueError(f"input depth must be positive (a multiple of the filter "
-                     f"depth {filt_in}), got input_sizes {sizes}")
+                     f"depth {filt_in}), got {sizes_name} {sizes}")
   if filt_out % groups:
     raise ValueError(
         f"filter out_depth {filt_out} must be divisible by the number "
@@ -209,3 +220,60 @@ def make_spec(ndim: int, input_sizes, filter_shape, batch, strides, padding,
   return ConvSpec(input_spatial=spatial, strides=window_strides,
                   dilations=window_dilations, padding=pads, groups=groups,
                   channels_last=channels_last)
+
+
+# --- TF's Python wrappers (tf.nn, tf.compat.v1.nn) --------------------------
+
+
+def get_sequence(value, n: int, channel_index: int, name: str) -> list:
+  """TF's `_get_sequence`: strides/dilations as an int (or 1 entry: every
+  spatial dim), n spatial entries, or n + 2 entries used verbatim; None is
+  all ones.  Returns n + 2 entries in data_format order."""
+  if value is None:
+    return [1] * (n + 2)
+  if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+    value = [value]
+  value = list(value)
+  if len(value) == n + 2:
+    return value
+  if len(value) == 1:
+    value = value * n
+  elif len(value) != n:
+    raise ValueError(f"{name} should be of length 1, {n} or {n + 2}. "
+                     f"Received: {name}={value} of length {len(value)}")
+  return [1, 1, *value] if channel_index == 1 else [1, *value, 1]
+
+
+def convert_padding(padding, expected_length: int = 4):
+  """TF's `convert_padding`: "SAME"/"VALID", or a list of (before, after)
+  pairs, one per dimension in data_format order (meaning EXPLICIT; the
+  string "EXPLICIT" itself is refused).  Returns (padding, explicit_paddings)."""
+  if isinstance(padding, str) and padding == "EXPLICIT":
+    raise ValueError("'EXPLICIT' is not a valid value for `padding`. To use "
+                     "explicit padding, `padding` must be a list.")
+  if not isinstance(padding, (list, tuple)):
+    return padding, []
+  flat = []
+  for i, pair in enumerate(padding):
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+      raise ValueError("When `padding` is a list, each element of `padding` "
+                       f"must be a list/tuple of size 2. Received: padding="
+                       f"{padding} with element at index {i}: {pair!r}")
+    flat.extend(pair)
+  if len(padding) != expected_length:
+    raise ValueError(f"When padding is a list, it must be of size "
+                     f"{expected_length}. Received: padding={padding} of "
+                     f"size {len(padding)}")
+  return "EXPLICIT", flat
+
+
+def alias(old_name, old, new_name, new, required=True):
+  """TF's `deprecated_argument_lookup`: an argument with two names."""
+  if old is not None and new is not None:
+    raise ValueError(f"Cannot specify both '{new_name}' and '{old_name}': give "
+                     f"exactly one of {old_name} and {new_name} (an alias), "
+                     "got both")
+  if required and old is None and new is None:
+    raise ValueError(f"give exactly one of {old_name} and {new_name} (an "
+                     "alias), got neither")
+  return old if new is None else new

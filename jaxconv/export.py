@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax import export as jax_export
 
 from jaxconv import attrs
-from jaxconv.api import Conv2DBackpropInput
+from jaxconv.raw_ops import Conv2DBackpropInput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ class LayerConfig:
                            self.batch,
                            list(self.strides), self.padding,
                            list(self.explicit_paddings), self.data_format,
-                           list(self.dilations))
+                           list(self.dilations), spatial_sizes=True)
 
   def out_backprop_shape(self):
     spec = self.spec()

@@ -35,20 +35,29 @@ def _shape_rule(filt, dy, spec: ConvSpec):
   n = spec.ndim
   if filt.ndim != n + 2:
     raise ValueError(f"filter must be {n + 2}-dimensional, got shape {filt.shape}")
-  if dy.ndim != n + 2:
+  check_out_backprop(filt.shape, dy.shape, spec)
+  return spec.activation_shape(dy.shape[0], filt.shape[n] * spec.groups,
+                               spec.input_spatial)
+
+
+def check_out_backprop(filter_shape, dy_shape, spec: ConvSpec) -> None:
+  """TF's checks of out_backprop against the filter shape and the spec
+  (shared by the op and its public filter gradient; raises ValueError)."""
+  n = spec.ndim
+  if len(dy_shape) != n + 2:
     raise ValueError(
-        f"out_backprop must be {n + 2}-dimensional, got shape {dy.shape}")
-  if any(map(jax.export.is_symbolic_dim, (*filt.shape, *dy.shape[1:]))):
+        f"out_backprop must be {n + 2}-dimensional, got shape {dy_shape}")
+  if any(map(jax.export.is_symbolic_dim, (*filter_shape, *dy_shape[1:]))):
     raise ValueError(
         "only the batch dimension of out_backprop may be symbolic, got filter "
-        f"shape {filt.shape} and out_backprop shape {dy.shape}")
-  kernel, filt_in, filt_out = filt.shape[:n], filt.shape[n], filt.shape[n + 1]
-  dy_depth = dy.shape[spec.feature_axis]
+        f"shape {filter_shape} and out_backprop shape {dy_shape}")
+  kernel, filt_out = filter_shape[:n], filter_shape[n + 1]
+  dy_depth = dy_shape[spec.feature_axis]
   if filt_out != dy_depth:
     raise ValueError(
         "filter and out_backprop must have the same out_depth: filter "
         f"out_depth {filt_out}, out_backprop depth {dy_depth} (filter shape "
-        f"{filt.shape}, out_backprop shape {dy.shape})")
+        f"{filter_shape}, out_backprop shape {dy_shape})")
   if spec.groups < 1 or filt_out % spec.groups:
     raise ValueError(
         f"filter out_depth {filt_out} must be divisible by the group count "
@@ -59,9 +68,9 @@ def _shape_rule(filt, dy, spec: ConvSpec):
       raise ValueError(
           f"filter spatial sizes, strides and dilations must be >= 1, got "
           f"filter {k}, stride {s}, dilation {d} in spatial dim {dim} (filter "
-          f"shape {filt.shape})")
+          f"shape {filter_shape})")
   computed = spec.out_backprop_spatial(kernel)
-  actual = tuple(dy.shape[a] for a in spec.spatial_axes)
+  actual = tuple(dy_shape[a] for a in spec.spatial_axes)
   for dim, (i, k, s, d, o, got) in enumerate(zip(
       spec.input_spatial, kernel, spec.strides, spec.dilations, computed,
       actual)):
@@ -69,15 +78,13 @@ def _shape_rule(filt, dy, spec: ConvSpec):
       raise ValueError(
           f"Computed output size would be negative: {o} [input_size: {i}, "
           f"effective_filter_size: {effective_size(k, d)}, stride: {s}] "
-          f"(spatial dim {dim} of input_sizes, filter, strides, dilations "
+          f"(spatial dim {dim} of the input, filter, strides, dilations "
           "and padding)")
     if got != o:
       raise ValueError(
           "Size of out_backprop doesn't match computed: actual = "
           f"{got}, computed = {o} spatial_dim: {spec.spatial_axes[dim]} "
           f"input: {i} filter: {k} output: {got} stride: {s} dilation: {d}")
-  return spec.activation_shape(dy.shape[0], filt_in * spec.groups,
-                               spec.input_spatial)
 
 
 @functools.cache
