@@ -15,15 +15,26 @@ from jaxconv import reference
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int32")
 
 
+FORMATS = {1: ("NWC", "NCW"), 2: ("NHWC", "NCHW"), 3: ("NDHWC", "NCDHW")}
+PADDINGS = ("SAME", "VALID", "EXPLICIT")
+KINDS = ("dense", "dense", "grouped", "depthwise")
+
+
 def random_config(rng: np.random.Generator, dtype: str | None = None,
-                  max_size: int = 9) -> dict:
-  """One valid configuration, drawn over every attribute class."""
+                  max_size: int = 9, ndim: int = 2, paddings=PADDINGS,
+                  kinds=KINDS, dtypes=DTYPES, formats=None,
+                  spatial_sizes: bool = True) -> dict:
+  """One valid configuration over `ndim` spatial dims, drawn over every
+  attribute class: layouts, paddings (explicit pads past the window, i.e.
+  crops), strides with dilations, groups, depthwise, zero sizes, and (with
+  `spatial_sizes`, one group) spatial-only input_sizes."""
+  formats = formats or FORMATS[ndim]
   while True:
-    fmt = str(rng.choice(["NHWC", "NCHW"]))
-    padding = str(rng.choice(["SAME", "VALID", "EXPLICIT"]))
+    fmt = str(rng.choice(formats))
+    padding = str(rng.choice(paddings))
     batch = int(rng.integers(0, 4)) if rng.random() < 0.1 else int(
         rng.integers(1, 4))
-    kind = rng.choice(["dense", "dense", "grouped", "depthwise"])
+    kind = rng.choice(kinds)
     ci = int(rng.integers(1, 5))
     groups = 1 if kind == "dense" else (int(rng.integers(2, 4)) if kind ==
                                         "grouped" else ci)
@@ -34,7 +45,7 @@ def random_config(rng: np.random.Generator, dtype: str | None = None,
       co = groups * int(rng.integers(1, 4))
     in_depth = ci_filter * groups
     spatial, kernel, strides, dilations, pads, out = [], [], [], [], [], []
-    for _ in range(2):
+    for _ in range(ndim):
       size = int(rng.integers(0, max_size + 1)) if rng.random() < 0.08 else int(
           rng.integers(1, max_size + 1))
       k = int(rng.integers(1, 5))
@@ -49,12 +60,13 @@ def random_config(rng: np.random.Generator, dtype: str | None = None,
       out.append(reference.output_size(padding, size, k, s, d, explicit))
     if min(out) < 0:
       continue
-    two_entry = groups == 1 and rng.random() < 0.2
+    short = spatial_sizes and groups == 1 and rng.random() < 0.2
+
     def ordered(b, c, sp):
-      return [b, *sp, c] if fmt == "NHWC" else [b, c, *sp]
+      return [b, *sp, c] if fmt[-1] == "C" else [b, c, *sp]
     return dict(
-        input_sizes=list(spatial) if two_entry else ordered(batch, in_depth,
-                                                            spatial),
+        input_sizes=list(spatial) if short else ordered(batch, in_depth,
+                                                        spatial),
         filter_shape=[*kernel, ci_filter, co],
         out_backprop_shape=ordered(batch, co, out),
         strides=ordered(1, 1, strides),
@@ -63,8 +75,17 @@ def random_config(rng: np.random.Generator, dtype: str | None = None,
         explicit_paddings=([] if padding != "EXPLICIT" else
                            [v for p in ordered((0, 0), (0, 0), pads) for v in p]),
         data_format=fmt,
-        dtype=dtype or str(rng.choice(DTYPES, p=[.5, .2, .1, .1, .1])),
+        dtype=dtype or str(rng.choice(dtypes, p=_dtype_weights(dtypes))),
     )
+
+
+def _dtype_weights(dtypes):
+  """float32 half the time, float64 a fifth, the rest shared."""
+  weights = {"float32": .5, "float64": .2}
+  rest = (1 - sum(weights.get(d, 0) for d in dtypes)) / max(
+      1, sum(d not in weights for d in dtypes))
+  w = np.array([weights.get(d, rest) for d in dtypes])
+  return w / w.sum()
 
 
 def random_operands(rng: np.random.Generator, cfg: dict):

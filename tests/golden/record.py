@@ -1,20 +1,27 @@
-"""Record golden data from real TensorFlow (tensorflow-cpu 2.21).
+"""Record golden data from real TensorFlow (tensorflow-cpu 2.21) for the family.
 
     pip install -e '.[golden]'
-    TF_ENABLE_ONEDNN_OPTS=0 python tests/golden/record.py [--count 240]
+    TF_ENABLE_ONEDNN_OPTS=0 python tests/golden/record.py [--scale 1.0]
 
-Writes tests/golden/tf_conv2d_backprop_input.npz: for each config i,
-`cfg_i` (JSON), `filter_i`, `dy_i` and `out_i` (TF's result), and `path_i`,
-which TF path produced it:
-  core       TF's CPU kernel (NHWC, no dilation, one group);
-  core_nhwc  the same kernel on NHWC-transposed NCHW data;
-  xla        tf.function(jit_compile=True), for what the kernel rejects
-             (NCHW + dilation, dilation, groups), except where TF's XLA path
-             is known wrong (crops from large explicit pads, empty
-             out_backprop with stride > 1, 2-entry input_sizes): skipped.
-Half-precision configs run TF in float32 on the (exactly representable)
-half-precision values: TF's CPU kernel accumulates half in half, and we
-follow float32 accumulation (see ../shared/notes/tf-semantics.md).
+Writes tests/golden/tf_family.npz.  Each case i holds `call_i` (JSON: the
+function's dotted name in jaxconv/TF, its keyword arguments with tensors
+as "$name" or {"$zeros": shape} placeholders, the dtype, the TF path, the
+kind of values) and the arrays `i.<name>` and `i.out` (TF's result).  The
+golden tests replay the calls through jaxconv without TF.
+
+TF paths:
+  core       TF's CPU kernel, eager (channels-last, undilated, one group);
+  xla        tf.function(jit_compile=True) for what the kernels refuse
+             (channels-first, dilation, groups), except where TF's XLA path
+             is known wrong or crashes (crops from large explicit pads,
+             empty out_backprop with stride > 1, 2-entry input_sizes, empty
+             filter-gradient windows): those configs are drawn again;
+  counterpart  the 2-D V2 and 3-D v1 ops have no TF kernel: their
+             counterpart op on the shape of their tensor argument.
+Half precision runs TF in float32 on the (representable) half values: TF's
+CPU kernels accumulate half in half; jaxconv follows float32 accumulation.
+Values: "exact" (multiples of 1/8, every sum exact) or "generic" (normal
+draws rounded to the dtype).
 """
 from __future__ import annotations
 
@@ -33,96 +40,110 @@ sys.path.insert(0, str(ROOT))
 
 import tensorflow as tf  # noqa: E402
 
-from tests.configs import random_config, random_operands  # noqa: E402
+from tests.family import OPS, full_input_shape, spatial  # noqa: E402
 
-OUT = pathlib.Path(__file__).with_name("tf_conv2d_backprop_input.npz")
-
-
-def _spatial(values, fmt):
-  return values[1:3] if fmt == "NHWC" else values[2:4]
+OUT = pathlib.Path(__file__).with_name("tf_family.npz")
 
 
-def choose_path(cfg):
-  """Which TF path can compute cfg correctly (None: none can)."""
+def _tf_function(dotted):
+  obj = tf
+  for part in dotted.split("."):
+    obj = getattr(obj, part)
+  return obj
+
+
+def choose_path(case):
+  """core, xla, or None (no TF path computes it correctly or safely)."""
+  cfg = case.cfg
   fmt = cfg["data_format"]
-  dilated = max(_spatial(cfg["dilations"], fmt)) > 1
-  in_depth = (cfg["filter_shape"][2] if len(cfg["input_sizes"]) == 2 else
-              cfg["input_sizes"][3 if fmt == "NHWC" else 1])
-  grouped = in_depth != cfg["filter_shape"][2]
-  if not dilated and not grouped:
-    return "core" if fmt == "NHWC" else "core_nhwc"
-  ek = [(k - 1) * d + 1 for k, d in zip(cfg["filter_shape"][:2],
-                                        _spatial(cfg["dilations"], fmt))]
+  n = len(cfg["strides"]) - 2
+  dilated = max(spatial(cfg["dilations"], fmt)) > 1
+  sizes = full_input_shape(cfg)
+  grouped = sizes[-1 if fmt[-1] == "C" else 1] != cfg["filter_shape"][-2]
+  depthwise = "Depthwise" in case.fn or "depthwise" in case.fn
+  strided = max(spatial(cfg["strides"], fmt)) > 1
+  empty_dy = 0 in cfg["out_backprop_shape"]
+  filter_grad = "Filter" in case.tf_fn or "filter" in case.tf_fn
+  # TF's core kernels crash the process (SIGSEGV) on these.
+  if empty_dy and strided and (n == 3 or filter_grad):
+    return None
+  if fmt[-1] == "C" and not dilated and (depthwise or not grouped) and (
+      n < 3 or cfg["dtype"] != "int32"):
+    return "core"
+  if cfg["dtype"] == "int32":
+    return None
+  ek = [(k - 1) * d + 1 for k, d in zip(cfg["filter_shape"][:n],
+                                        spatial(cfg["dilations"], fmt))]
   pads = cfg["explicit_paddings"]
-  pad_pairs = _spatial([pads[2 * i:2 * i + 2] for i in range(4)], fmt) if pads else []
-  crop = any(max(p) > e - 1 for p, e in zip(pad_pairs, ek))
-  empty = 0 in cfg["out_backprop_shape"]
-  if crop or (empty and max(_spatial(cfg["strides"], fmt)) > 1) or len(
-      cfg["input_sizes"]) == 2:
+  pairs = spatial([pads[2 * i:2 * i + 2] for i in range(n + 2)], fmt) if (
+      pads) else []
+  crop = any(max(p) > e - 1 for p, e in zip(pairs, ek))
+  short = len(cfg["input_sizes"]) == n
+  empty = 0 in (*cfg["out_backprop_shape"], *sizes)
+  if crop or short or (empty_dy and strided) or (filter_grad and empty):
     return None
   return "xla"
 
 
-def run_tf(cfg, filt, dy, path):
-  dtype = cfg["dtype"]
-  tf_dtype = tf.float32 if dtype in ("float16", "bfloat16") else getattr(tf, dtype)
-  kwargs = dict(strides=cfg["strides"], padding=cfg["padding"],
-                explicit_paddings=cfg["explicit_paddings"],
-                data_format=cfg["data_format"], dilations=cfg["dilations"])
-  sizes = list(cfg["input_sizes"])
-  if path == "core_nhwc":
-    def nhwc(v):
-      return [v[0], v[2], v[3], v[1]]
-    kwargs.update(strides=nhwc(cfg["strides"]), dilations=nhwc(cfg["dilations"]),
-                  data_format="NHWC")
-    if kwargs["explicit_paddings"]:
-      p = cfg["explicit_paddings"]
-      kwargs["explicit_paddings"] = p[0:2] + p[4:8] + p[2:4]
-    if len(sizes) == 4:
-      sizes = nhwc(sizes)
-    dy = np.transpose(dy, (0, 2, 3, 1))
-
-  def op(f, g):
-    return tf.raw_ops.Conv2DBackpropInput(
-        input_sizes=tf.constant(sizes, tf.int32), filter=f, out_backprop=g,
-        **kwargs)
-
-  if path == "xla":
-    op = tf.function(op, jit_compile=True)
-  out = op(tf.constant(filt, tf_dtype), tf.constant(dy, tf_dtype)).numpy()
-  if path == "core_nhwc":
-    out = np.transpose(out, (0, 3, 1, 2))
+def _resolve(kwargs, arrays, tf_dtype):
+  out = {}
+  for k, v in kwargs.items():
+    if isinstance(v, str) and v.startswith("$"):
+      v = tf.constant(arrays[v[1:]], tf_dtype)
+    elif isinstance(v, dict) and "$zeros" in v:
+      v = tf.zeros(v["$zeros"], tf_dtype)
+    out[k] = v
   return out
+
+
+def run_tf(case, path):
+  dtype = case.cfg["dtype"]
+  tf_dtype = tf.float32 if dtype in ("float16", "bfloat16") else getattr(
+      tf, dtype)
+  fn = _tf_function(case.tf_fn)
+  kwargs = _resolve(case.tf_kwargs, case.arrays, tf_dtype)
+  if path == "xla":
+    return tf.function(lambda: fn(**kwargs), jit_compile=True)().numpy()
+  return fn(**kwargs).numpy()
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--count", type=int, default=240)
-  parser.add_argument("--seed", type=int, default=20261121)
+  parser.add_argument("--scale", type=float, default=1.0,
+                      help="multiply every op's case count (quick: 0.1)")
+  parser.add_argument("--seed", type=int, default=20261129)
   args = parser.parse_args()
   rng = np.random.default_rng(args.seed)
-  arrays, paths = {}, {}
-  i = 0
-  while i < args.count:
-    cfg = random_config(rng)
-    path = choose_path(cfg)
-    if path is None:
-      continue
-    filt, dy = random_operands(rng, cfg)
-    try:
-      out = run_tf(cfg, filt, dy, path)
-    except Exception as e:  # noqa: BLE001 - report and draw another
-      print(f"skip ({path}): {type(e).__name__}: {str(e)[:120]}", file=sys.stderr)
-      continue
-    arrays.update({f"cfg_{i}": np.array(json.dumps(cfg)), f"filter_{i}": filt,
-                   f"dy_{i}": dy, f"out_{i}": out, f"path_{i}": np.array(path)})
-    paths[path] = paths.get(path, 0) + 1
-    i += 1
-    if i % 20 == 0:
-      print(f"{i}/{args.count} recorded", file=sys.stderr)
+  arrays, i = {}, 0
+  for name, (count, draw) in OPS.items():
+    count = max(1, round(count * args.scale))
+    got, paths = 0, {}
+    while got < count:
+      case = draw(rng)
+      path = choose_path(case)
+      if path is None:
+        continue
+      try:
+        out = run_tf(case, path)
+      except Exception as e:  # noqa: BLE001 - report and draw another
+        print(f"  skip {name} ({path}): {type(e).__name__}: "
+              f"{str(e).splitlines()[0][:140]}", file=sys.stderr)
+        continue
+      call = dict(fn=name, kwargs=case.kwargs, dtype=case.cfg["dtype"],
+                  path=path if case.tf_fn == name else "counterpart:" + path,
+                  values=case.cfg["values"], cfg=case.cfg)
+      arrays[f"call_{i}"] = np.array(json.dumps(call))
+      for key, a in case.arrays.items():
+        arrays[f"{i}.{key}"] = (a if case.cfg["dtype"] in ("float64", "int32")
+                                else a.astype(np.float32))
+      arrays[f"{i}.out"] = out
+      paths[path] = paths.get(path, 0) + 1
+      got += 1
+      i += 1
+    print(f"{name}: {got} cases {paths}", file=sys.stderr, flush=True)
   np.savez_compressed(OUT, **arrays)
-  print(f"wrote {OUT} ({OUT.stat().st_size // 1024} KiB): {paths}")
+  print(f"wrote {OUT} ({OUT.stat().st_size // 1024} KiB, {i} cases)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,212 @@
+"""Every function of the family (raw ops, tf.nn, tf.compat.v1.nn) against
+the float64 reference and JAX's own conv VJPs, through jit, grad of order
+2, vmap and a symbolic-batch export loaded in a fresh process."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+from jax.test_util import check_grads
+
+from jaxconv import reference
+from tests import family
+from tests.helpers import assert_close
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NAMES = sorted(family.OPS)
+
+
+def _cases(name, count, seed, dtype=None, nonempty=False, batch=None):
+  """count drawn calls of `name` (dtype overridden: values are kept)."""
+  rng = np.random.default_rng(seed)
+  draw = family.OPS[name][1]
+  out = []
+  while len(out) < count:
+    case = draw(rng)
+    cfg = case.cfg
+    shapes = [a.shape for a in case.arrays.values()]
+    if nonempty and 0 in (*cfg["out_backprop_shape"], *cfg["input_sizes"],
+                          *cfg["filter_shape"]):
+      continue
+    if batch and (len(cfg["input_sizes"]) != len(cfg["strides"])
+                  or cfg["out_backprop_shape"][0] < 1 or not shapes):
+      continue
+    if dtype:
+      cfg["dtype"] = dtype
+      case.arrays = {k: v.astype(dtype) for k, v in case.arrays.items()}
+    out.append(case)
+  return out
+
+
+def _tensor_names(case):
+  return [v[1:] for v in case.kwargs.values()
+          if isinstance(v, str) and v.startswith("$")]
+
+
+def _as_function(case):
+  """(f(*tensors), tensors) for a case: its placeholders become arguments."""
+  names = _tensor_names(case)
+
+  def f(*tensors):
+    arrays = dict(zip(names, tensors))
+    kw = {k: (arrays[v[1:]] if isinstance(v, str) and v.startswith("$") else
+              v) for k, v in case.kwargs.items()}
+    kw = family.resolve(kw, {}, tensors[0].dtype)
+    return family.function(case.fn)(**kw)
+  return f, [case.arrays[n] for n in names]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_reference(name):
+  for case in _cases(name, 12, seed=NAMES.index(name)):
+    dtype = case.cfg["dtype"]
+    out = family.run(case.fn, case.kwargs, case.arrays, dtype)
+    assert str(out.dtype) == dtype
+    want = family.reference_result(case.cfg, case.kwargs, case.arrays)
+    assert_close(out, want, dtype, (name, case.cfg))
+
+
+def _lax_dimension_numbers(fmt):
+  n = len(fmt) - 2
+  return (fmt, "DHW"[3 - n:] + "IO", fmt)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_jax_conv_vjp(name):
+  # The VJP of lax.conv_general_dilated w.r.t. its input or its filter.
+  for case in _cases(name, 4, seed=100 + NAMES.index(name), dtype="float64",
+                     nonempty=True):
+    cfg = case.cfg
+    fmt, n = cfg["data_format"], len(cfg["strides"]) - 2
+    geometry = reference.tf_geometry(fmt, cfg["strides"], cfg["padding"],
+                                     cfg["explicit_paddings"],
+                                     cfg["dilations"])
+    x_shape = family.full_input_shape(cfg)
+    hwio = cfg["filter_shape"]
+    pads = [reference.pads(cfg["padding"], i, k, s, d, e) for i, k, s, d, e
+            in zip(family.spatial(x_shape, fmt), hwio[:n], geometry["strides"],
+                   geometry["dilations"],
+                   geometry["explicit"] or [(0, 0)] * n)]
+    groups = x_shape[-1 if fmt[-1] == "C" else 1] // hwio[-2]
+
+    def conv(x, w):
+      return jax.lax.conv_general_dilated(
+          x, w, geometry["strides"], pads, rhs_dilation=geometry["dilations"],
+          dimension_numbers=_lax_dimension_numbers(fmt),
+          feature_group_count=groups)
+    dy = case.arrays["dy"]
+    if "filter" in case.arrays:
+      w = np.reshape(case.arrays["filter"], hwio)
+      _, vjp = jax.vjp(lambda x: conv(x, w), jnp.zeros(x_shape))
+    else:
+      x = case.arrays["input"]
+      _, vjp = jax.vjp(lambda w: conv(x, w), jnp.zeros(hwio))
+    want, = vjp(jnp.asarray(dy))
+    out = family.run(case.fn, case.kwargs, case.arrays, "float64")
+    np.testing.assert_allclose(out, np.reshape(want, out.shape), rtol=1e-11,
+                               atol=1e-11)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_check_grads_order_2(name):
+  for case in _cases(name, 2, seed=200 + NAMES.index(name), dtype="float64",
+                     nonempty=True):
+    f, tensors = _as_function(case)
+    check_grads(f, tensors, order=2, modes=["fwd", "rev"])
+
+
+@pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap_matches_loop(name, in_axes):
+  case, = _cases(name, 1, seed=300 + NAMES.index(name), dtype="float64",
+                 nonempty=True)
+  f, tensors = _as_function(case)
+  rng = np.random.default_rng(1)
+  stacked = [np.stack([t + rng.standard_normal(t.shape) for _ in range(3)])
+             if ax == 0 else t for t, ax in zip(tensors, in_axes)]
+  got = jax.vmap(f, in_axes=in_axes)(*stacked)
+  for i in range(3):
+    args = [s[i] if ax == 0 else s for s, ax in zip(stacked, in_axes)]
+    np.testing.assert_allclose(got[i], f(*args), rtol=1e-12, atol=1e-12)
+
+
+def _symbolic_batch_function(case, b):
+  """(f, abstract args, arrays (3 images), which args are batched) for a
+  case with batch `b`."""
+  names = _tensor_names(case)
+  zeros = {k: v["$zeros"] for k, v in case.kwargs.items()
+           if isinstance(v, dict)}
+
+  def f(*tensors):
+    batch = tensors[names.index("dy")].shape[0]  # symbolic when exported
+    kw = {k: (tensors[names.index(v[1:])] if isinstance(v, str) and
+              v.startswith("$") else v) for k, v in case.kwargs.items()}
+    for key in ("input_sizes", "output_shape"):
+      if key in kw:
+        kw[key] = [batch, *kw[key][1:]]
+    for k, shape in zeros.items():  # a V2/v1 op's shape-only tensor
+      shape = (batch, *shape[1:]) if k == "input" else shape
+      kw[k] = jnp.zeros(shape, tensors[0].dtype)
+    return family.function(case.fn)(**kw)
+  batched = {"dy", "input"}
+  rng = np.random.default_rng(0)
+  args, arrays = [], []
+  for n in names:
+    a = case.arrays[n].astype(np.float32)
+    if n in batched:
+      a = rng.standard_normal((3, *a.shape[1:])).astype(np.float32)
+      args.append(jax.ShapeDtypeStruct((b, *a.shape[1:]), np.float32))
+    else:
+      args.append(jax.ShapeDtypeStruct(a.shape, np.float32))
+    arrays.append(a)
+  return f, args, arrays, [n in batched for n in names]
+
+
+def test_symbolic_batch_export_round_trip_in_a_fresh_process(tmp_path):
+  b, = export.symbolic_shape("b")
+  manifest = {}
+  for name in NAMES:
+    case, = _cases(name, 1, seed=400 + NAMES.index(name), nonempty=True,
+                   batch=True)
+    f, args, arrays, flags = _symbolic_batch_function(case, b)
+    exp = export.export(jax.jit(f), platforms=["cpu"])(*args)
+    assert str(exp.in_avals[_tensor_names(case).index("dy")].shape[0]) == "b"
+    path = tmp_path / f"{name}.bin"
+    path.write_bytes(exp.serialize())
+    inputs = {f"arg{i}": a for i, a in enumerate(arrays)}
+    np.savez(tmp_path / f"{name}.npz", batched=np.array(flags), **inputs)
+    want = {n: np.asarray(f(*[a[:n] if batched else a
+                              for a, batched in zip(arrays, flags)]))
+            for n in (1, 3)}
+    manifest[name] = {str(n): w.tolist() for n, w in want.items()}
+  script = (
+      "import json, sys, numpy as np\n"
+      "from jax import export\n"
+      "root, names = sys.argv[1], json.loads(sys.argv[2])\n"
+      "for name in names:\n"
+      "  exp = export.deserialize(open(f'{root}/{name}.bin', 'rb').read())\n"
+      "  inputs = np.load(f'{root}/{name}.npz')\n"
+      "  flags = inputs['batched']\n"
+      "  arrays = [inputs[f'arg{i}'] for i in range(len(flags))]\n"
+      "  for n in (1, 3):\n"
+      "    args = [a[:n] if batched else a for a, batched in zip(arrays, flags)]\n"
+      "    np.save(f'{root}/{name}.{n}.npy', np.asarray(exp.call(*args)))\n"
+      "assert 'jaxconv' not in sys.modules\n"
+      "print('loaded', len(names))\n")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  proc = subprocess.run([sys.executable, "-c", script, str(tmp_path),
+                         json.dumps(NAMES)], capture_output=True, text=True,
+                        cwd=tmp_path, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"loaded {len(NAMES)}" in proc.stdout
+  for name in NAMES:
+    for n in (1, 3):
+      got = np.load(tmp_path / f"{name}.{n}.npy")
+      np.testing.assert_allclose(got, manifest[name][str(n)], rtol=1e-5,
+                                 atol=1e-5, err_msg=name)
