@@ -1,6 +1,7 @@
-"""`jaxconv` command line: export the op's StableHLO for a TF configuration.
+"""`jaxconv` command line: export a raw op's StableHLO for a TF configuration.
 
     jaxconv export                       # the built-in U-Net decoder layer
+    jaxconv export --op Conv3DBackpropFilterV2 --cpu-strategy auto
     jaxconv export --input-sizes 1,7,7,8 --filter-sizes 3,3,8,16 \\
         --strides 1,2,2,1 --padding SAME --check
     jaxconv export --batch N --platforms cpu,cuda,rocm,tpu --grad \\
@@ -14,18 +15,44 @@ import time
 
 import numpy as np
 
+from lowering.cpu import STRATEGIES
+
+OPS = ("Conv2DBackpropInput", "Conv2DBackpropInputV2", "Conv3DBackpropInput",
+       "Conv3DBackpropInputV2", "DepthwiseConv2dNativeBackpropInput",
+       "Conv2DBackpropFilter", "Conv2DBackpropFilterV2", "Conv3DBackpropFilter",
+       "Conv3DBackpropFilterV2", "DepthwiseConv2dNativeBackpropFilter")
+
 EXAMPLES = """examples:
   jaxconv export
       print the StableHLO of the default layer (U-Net decoder: input
-      8x64x64x64, filter 3x3x64x128, strides 1,2,2,1, SAME, float32)
+      8x64x64x64, filter 3x3x64x128, strides 1,2,2,1, SAME, float32) in
+      the portable form: stablehlo.convolution with lhs_dilation = strides
   jaxconv export --input-sizes 1,7,7,8 --filter-sizes 3,3,8,16 --strides 1,2,2,1 --check
       a 7x7 output (which lax.conv_transpose cannot produce), checked
       against the float64 NumPy reference
-  jaxconv export --padding EXPLICIT --explicit-paddings 0,0,4,1,1,1,0,0
+  jaxconv export --op Conv3DBackpropInputV2     (a 3-D U-Net up layer)
+  jaxconv export --op Conv2DBackpropFilter --padding EXPLICIT --explicit-paddings 0,0,1,1,1,1,0,0
+  jaxconv export --cpu-strategy auto
+      bake XLA CPU's tuned form (the strategy jax.jit picks) into the cpu
+      module instead of the portable form
   jaxconv export --batch N --platforms cpu,cuda,rocm,tpu --grad --format serialized -o up.bin
       a symbolic batch, four platforms, the op with its VJP, as a
       serialized artifact (load it with jax.export.deserialize)
-"""
+
+ops: """ + ", ".join(OPS) + "\n"
+
+# Default layers per kind of op: the U-Net up layer (2-D), its 3-D
+# version, a MobileNet depthwise layer.
+DEFAULTS = {
+    2: dict(input_sizes=[8, 64, 64, 64], filter_sizes=[3, 3, 64, 128],
+            strides=[1, 2, 2, 1], data_format="NHWC", dilations=[1, 1, 1, 1]),
+    3: dict(input_sizes=[1, 32, 32, 32, 32], filter_sizes=[3, 3, 3, 32, 64],
+            strides=[1, 2, 2, 2, 1], data_format="NDHWC",
+            dilations=[1, 1, 1, 1, 1]),
+    "depthwise": dict(input_sizes=[8, 56, 56, 128], filter_sizes=[3, 3, 128, 1],
+                      strides=[1, 2, 2, 1], data_format="NHWC",
+                      dilations=[1, 1, 1, 1]),
+}
 
 
 def _ints(text: str) -> list[int]:
@@ -44,47 +71,55 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  from jaxconv.export import LayerConfig
-  d = LayerConfig()
-  join = lambda v: ",".join(map(str, v))
   parser = _Parser(
-      prog="jaxconv", description="TensorFlow's Conv2DBackpropInput as a JAX "
-      "primitive: export its portable StableHLO.",
+      prog="jaxconv", description="TensorFlow's transposed-convolution family "
+      "as JAX primitives: export a raw op's portable StableHLO.",
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
   sub = parser.add_subparsers(dest="command")
   ex = sub.add_parser(
       "export", help="print or save the StableHLO of one configuration",
-      description="Export Conv2DBackpropInput for one configuration. Flags "
-      "are named after TF's attributes and take TF's values (lists in "
-      "data_format order).", epilog=EXAMPLES,
+      description="Export one raw op of the family for one configuration. "
+      "Flags are named after TF's attributes and take TF's values (lists in "
+      "data_format order; 5 entries for the 3-D ops). Defaults depend on "
+      "--op: the U-Net decoder layer (2-D), its 3-D version, a MobileNet "
+      "depthwise layer.", epilog=EXAMPLES,
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  ex.add_argument("--input-sizes", type=_ints, default=list(d.input_sizes),
-                  metavar="N,H,W,C", help="TF's input_sizes: 4 entries in "
-                  "data_format order, or 2 (H,W; batch 1, depth from the "
-                  f"filter) (default: {join(d.input_sizes)})")
-  ex.add_argument("--filter-sizes", type=_ints, default=list(d.filter_sizes),
-                  metavar="KH,KW,CI,CO", help="filter shape [KH, KW, "
-                  f"in_depth/groups, out_depth] (default: {join(d.filter_sizes)})")
-  ex.add_argument("--strides", type=_ints, default=list(d.strides),
-                  help=f"4 strides in data_format order (default: {join(d.strides)})")
-  ex.add_argument("--padding", default=d.padding,
-                  help="SAME, VALID or EXPLICIT (default: SAME)")
+  ex.add_argument("--op", default="Conv2DBackpropInput", choices=OPS,
+                  metavar="NAME", help="the raw op (default: "
+                  "Conv2DBackpropInput; see 'ops' below)")
+  ex.add_argument("--input-sizes", type=_ints, metavar="N,H,W,C",
+                  help="the conv input's shape (TF's input_sizes, or the shape "
+                  "of the op's input tensor), data_format order; "
+                  "Conv2DBackpropInput also takes 2 spatial entries")
+  ex.add_argument("--filter-sizes", type=_ints, metavar="KH,KW,CI,CO",
+                  help="the filter's shape: [*K, in_depth/groups, out_depth] "
+                  "(depthwise: [KH, KW, in_depth, multiplier])")
+  ex.add_argument("--strides", type=_ints, help="strides, 4 (2-D) or 5 (3-D) "
+                  "entries in data_format order")
+  ex.add_argument("--padding", default="SAME",
+                  help="SAME, VALID, or EXPLICIT where the op has it "
+                  "(default: SAME)")
   ex.add_argument("--explicit-paddings", type=_ints, default=[],
                   metavar="P,...", help="8 pads (before, after per dim, "
                   "data_format order) with --padding EXPLICIT")
-  ex.add_argument("--data-format", default=d.data_format,
-                  help="NHWC or NCHW (default: NHWC)")
-  ex.add_argument("--dilations", type=_ints, default=list(d.dilations),
-                  help="4 dilations in data_format order (default: 1,1,1,1)")
-  ex.add_argument("--dtype", default=d.dtype, help="float16, bfloat16, "
-                  "float32, float64 or int32 (default: float32)")
+  ex.add_argument("--data-format", help="NHWC or NCHW (3-D: NDHWC or NCDHW)")
+  ex.add_argument("--dilations", type=_ints,
+                  help="dilations, data_format order (default: all 1)")
+  ex.add_argument("--dtype", default="float32", help="float16, bfloat16, "
+                  "float32, float64, or int32 for Conv2DBackpropInput "
+                  "(default: float32)")
   ex.add_argument("--batch", metavar="NAME", help="make the batch dimension "
                   "symbolic with this name (e.g. N)")
   ex.add_argument("--platforms", default=None, metavar="P,...",
                   help="comma-separated subset of cpu,cuda,rocm,tpu "
                   "(default: this machine's platform)")
-  ex.add_argument("--grad", action="store_true", help="export f(filter, "
-                  "out_backprop, ct) -> (result, d_filter, d_out_backprop)")
+  ex.add_argument("--cpu-strategy", choices=("auto", *STRATEGIES),
+                  metavar="NAME", help="bake a CPU strategy into the cpu "
+                  "module: 'auto' (the one jax.jit picks) or one of "
+                  f"{', '.join(STRATEGIES)} (default: the portable form on "
+                  "every platform)")
+  ex.add_argument("--grad", action="store_true", help="export f(*operands, "
+                  "ct) -> (result, *d_operands): the op and its VJP")
   ex.add_argument("--format", choices=("text", "serialized"), default="text",
                   help="StableHLO text, or jax.export's serialized bytes "
                   "(default: text)")
@@ -96,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _config(args):
+  """The LayerConfig the flags describe (op-dependent defaults)."""
+  from jaxconv.export import LayerConfig
+  kind = "depthwise" if args.op.startswith("Depthwise") else (
+      3 if "3D" in args.op else 2)
+  d = DEFAULTS[kind]
+  pick = lambda name: d[name] if getattr(args, name) is None else getattr(
+      args, name)
+  return LayerConfig(pick("input_sizes"), pick("filter_sizes"), pick("strides"),
+                     args.padding, args.explicit_paddings, pick("data_format"),
+                     pick("dilations"), args.dtype, args.op)
+
+
 def _check(config, log) -> float:
   import jax
   import jax.numpy as jnp
@@ -105,16 +153,29 @@ def _check(config, log) -> float:
   dtype = jnp.dtype(config.dtype)
   cast = (lambda a: np.rint(a * 4).astype(dtype)) if dtype == jnp.int32 else (
       lambda a: a.astype(dtype))
-  w = cast(rng.standard_normal(config.filter_sizes))
-  dy = cast(rng.standard_normal(config.out_backprop_shape()))
+  shapes = config.operand_shapes()
+  operands = {n: cast(rng.standard_normal(shapes[n]))
+              for n in config.operand_names()}
   log("check: running the op ...")
   t = time.perf_counter()
-  out = np.asarray(jax.block_until_ready(config.op()(w, dy)))
+  out = np.asarray(jax.block_until_ready(config.op_fn()(*operands.values())))
   log(f"check: ran in {time.perf_counter() - t:.2f} s; running the reference ...")
-  ref = reference.raw_backprop_input(
-      config.input_sizes, w, dy, strides=config.strides,
-      padding=config.padding, explicit_paddings=config.explicit_paddings,
-      data_format=config.data_format, dilations=config.dilations)
+  geometry = reference.tf_geometry(config.data_format, config.strides,
+                                   config.padding, config.explicit_paddings,
+                                   config.dilations)
+  spec, hwio = config.spec(), list(config.filter_sizes)
+  if config.depthwise:
+    hwio = [*hwio[:2], 1, hwio[2] * hwio[3]]
+  if config.filter_gradient:
+    ref = reference.backprop_filter(
+        operands["input"], operands["out_backprop"], kernel=hwio[:-2],
+        groups=spec.groups, **geometry).reshape(out.shape)
+  else:
+    ref = reference.raw_backprop_input(
+        config.input_sizes, np.reshape(operands["filter"], hwio),
+        operands["out_backprop"], strides=config.strides,
+        padding=config.padding, explicit_paddings=config.explicit_paddings,
+        data_format=config.data_format, dilations=config.dilations)
   err = float(np.max(np.abs(out.astype(np.float64) - ref), initial=0.0))
   scale = float(np.max(np.abs(ref), initial=0.0))
   log(f"check: max abs error {err:.3g} (result max {scale:.3g}, dtype "
@@ -128,7 +189,7 @@ def main(argv=None) -> int:
   if args.command is None:
     args = parser.parse_args(["export", *(argv or sys.argv[1:])])
   log = lambda msg: print(msg, file=sys.stderr)
-  from jaxconv.export import LayerConfig, export_layer
+  from jaxconv.export import export_layer
   platforms = args.platforms.split(",") if args.platforms else None
   unknown = set(platforms or ()) - {"cpu", "cuda", "rocm", "tpu"}
   if unknown:
@@ -136,27 +197,38 @@ def main(argv=None) -> int:
                 f"{sorted(unknown)}; choose from cpu,cuda,rocm,tpu\n")
   if args.format == "serialized" and not args.output:
     parser.exit(2, "jaxconv: error: --format serialized needs -o/--output FILE\n")
-  config = LayerConfig(args.input_sizes, args.filter_sizes, args.strides,
-                       args.padding, args.explicit_paddings, args.data_format,
-                       args.dilations, args.dtype)
   try:
-    if args.dtype not in ("float16", "bfloat16", "float32", "float64", "int32"):
-      raise TypeError(f"--dtype must be one of float16, bfloat16, float32, "
-                      f"float64, int32; got {args.dtype!r}")
+    config = _config(args)
+    dtypes = ("float16", "bfloat16", "float32", "float64") + (
+        ("int32",) if config.op == "Conv2DBackpropInput" else ())
+    if args.dtype not in dtypes:
+      raise TypeError(f"--dtype must be one of {', '.join(dtypes)} for "
+                      f"{config.op}; got {args.dtype!r}")
     import jax
     if args.dtype == "float64":
       jax.config.update("jax_enable_x64", True)
     if args.grad and args.dtype == "int32":
       raise TypeError("--grad: int32 has no gradient (as in TensorFlow)")
-    if len(args.filter_sizes) != 4:
-      raise ValueError(f"--filter-sizes must have 4 entries, got "
-                       f"{args.filter_sizes}")
+    if len(config.filter_sizes) != config.ndim + 2:
+      raise ValueError(f"--filter-sizes must have {config.ndim + 2} entries "
+                       f"for {config.op}, got {list(config.filter_sizes)}")
+    config.spec()  # validate before exporting
     log(f"exporting {config} ...")
-    if "cpu" in (platforms or [jax.default_backend()]):
+    if args.cpu_strategy is None:
+      log("exported form: portable on every platform (stablehlo.convolution "
+          + ("taking out_backprop as its window)" if config.filter_gradient
+             else "with lhs_dilation = strides and the reversed kernel)"))
+    elif config.filter_gradient:
+      log("exported form: cpu: XLA CPU's tuned filter-gradient form "
+          "(lowering/cpu.py); other platforms portable")
+    else:
       name, reason = config.cpu_strategy(symbolic_batch=bool(args.batch))
-      log(f"cpu lowering strategy: {name} ({reason})")
+      if args.cpu_strategy != "auto":
+        name, reason = args.cpu_strategy, "forced (where it applies)"
+      log(f"exported form: cpu lowering strategy: {name} ({reason}); other "
+          "platforms portable")
     exported = export_layer(config, batch=args.batch, platforms=platforms,
-                            grad=args.grad)
+                            grad=args.grad, cpu_strategy=args.cpu_strategy)
   except (ValueError, TypeError) as e:
     parser.exit(2, f"jaxconv: error: {_flag_hint(str(e))}\n")
   except Exception as e:  # noqa: BLE001 - one line, never a traceback
@@ -182,8 +254,12 @@ def main(argv=None) -> int:
 def _flag_hint(message: str) -> str:
   """Name the flag that carries the TF argument a message is about."""
   first = message.split()[0].rstrip(":") if message else ""
-  for name in ("input_sizes", "strides", "dilations", "explicit_paddings",
-               "padding", "data_format", "filter"):
+  for name, flag in (("input_sizes", "--input-sizes"),
+                     ("filter_sizes", "--filter-sizes"),
+                     ("strides", "--strides"), ("dilations", "--dilations"),
+                     ("explicit_paddings", "--explicit-paddings"),
+                     ("padding", "--padding"), ("data_format", "--data-format"),
+                     ("filter", "--filter-sizes"), ("input", "--input-sizes")):
     if first.startswith(name):
-      return f"--{name.replace('_', '-')}: {message}"
+      return f"{flag}: {message}"
   return message

@@ -5,10 +5,11 @@ platform, `partner_rules()` the same for the op's two partner convolutions;
 the front end never needs to know how a platform lowers.
 """
 from lowering import canonical, cpu, partners
-from lowering.cpu import force_strategy
+from lowering.cpu import force_strategy, portable
 from lowering.geometry import ConvSpec
 
-__all__ = ["ConvSpec", "force_strategy", "partner_rules", "platform_rules"]
+__all__ = ["ConvSpec", "force_strategy", "partner_rules", "platform_rules",
+           "portable"]
 
 
 def platform_rules():

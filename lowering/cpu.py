@@ -65,6 +65,24 @@ def force_strategy(name: str | None, strict: bool = False):
     _forced.reset(token)
 
 
+_portable: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "jaxconv_portable", default=False)
+
+
+@contextlib.contextmanager
+def portable():
+  """Lower CPU calls traced inside this block in the portable forms that
+  GPU/TPU get (the canonical op, the standard partner convolutions), for
+  every dtype: what `jaxconv export` writes for `cpu` unless asked for a
+  CPU strategy.  (XLA CPU itself can abort on some float64 convolutions of
+  that form; such an artifact is for other StableHLO consumers.)"""
+  token = _portable.set(True)
+  try:
+    yield
+  finally:
+    _portable.reset(token)
+
+
 def applies(name: str, spec: ConvSpec, filter_shape) -> bool:
   return _STRATEGIES[name][1](spec, filter_shape)
 
@@ -181,6 +199,8 @@ def lower(ctx, filt, dy, *, spec: ConvSpec):
   if canonical.is_empty(ctx):
     return canonical.zeros(ctx, filt, dy)
   batch = dy_aval.shape[0]
+  if _portable.get():
+    return canonical.lower(ctx, filt, dy, spec=spec, accumulate_f32=True)
   name = chosen(spec, filt_aval.shape, out_aval.dtype,
                 batch if isinstance(batch, (int, np.integer)) else 1)
   if name == "canonical":
@@ -200,6 +220,8 @@ def forward(x, filt, *, spec: ConvSpec):
   (depthwise s2 56x56 128: 2.1 ms vs 6.7 split, 34.4 grouped convolution;
   k5 s1: 5.8 vs 32.9, 215), other groups split (g32 28x28 256: 9.0 ms vs
   69.6 grouped convolution)."""
+  if _portable.get():
+    return partners.forward(x, filt, spec=spec)
   if depthwise.applies(spec, filt.shape):
     return depthwise.forward(x, filt, spec=spec,
                              acc_dtype=_accumulation(x.dtype))
@@ -222,6 +244,8 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   2-D one is as fast or faster for DCGAN k5 128x256, 50-65 vs 36-76, ahead
   in four of six runs, and wins below the channel bound: thin 32x32 k4
   52-59 vs 35-40, 64x32 k3 s2 8.2-9.2 vs 7.7-7.9)."""
+  if _portable.get():
+    return partners.backprop_filter(x, dy, spec=spec, kernel=kernel)
   c = spec.feature_axis
   filter_shape = (*kernel, x.shape[c] // spec.groups, dy.shape[c])
   if (depthwise.applies(spec, filter_shape)

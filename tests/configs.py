@@ -23,7 +23,8 @@ KINDS = ("dense", "dense", "grouped", "depthwise")
 def random_config(rng: np.random.Generator, dtype: str | None = None,
                   max_size: int = 9, ndim: int = 2, paddings=PADDINGS,
                   kinds=KINDS, dtypes=DTYPES, formats=None,
-                  spatial_sizes: bool = True) -> dict:
+                  spatial_sizes: bool = True, dilation_rate: float = 0.35
+                  ) -> dict:
   """One valid configuration over `ndim` spatial dims, drawn over every
   attribute class: layouts, paddings (explicit pads past the window, i.e.
   crops), strides with dilations, groups, depthwise, zero sizes, and (with
@@ -50,7 +51,7 @@ def random_config(rng: np.random.Generator, dtype: str | None = None,
           rng.integers(1, max_size + 1))
       k = int(rng.integers(1, 5))
       s = int(rng.integers(1, 4))
-      d = int(rng.integers(1, 4)) if rng.random() < 0.35 else 1
+      d = int(rng.integers(1, 4)) if rng.random() < dilation_rate else 1
       ek = (k - 1) * d + 1
       # Explicit pads up to beyond ek - 1, so that crops occur.
       explicit = (int(rng.integers(0, ek + 3)), int(rng.integers(0, ek + 3)))

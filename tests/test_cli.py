@@ -1,4 +1,5 @@
 """The `jaxconv` command line: default job, flags, --help, errors, artifacts."""
+import re
 import subprocess
 import sys
 
@@ -23,23 +24,54 @@ def test_default_job_as_a_module():
   proc = subprocess.run([sys.executable, "-m", "jaxconv"], capture_output=True,
                         text=True, timeout=300, check=True)
   assert proc.stdout.startswith("#loc") and "func.func public @main" in proc.stdout
-  # The U-Net decoder layer, lowered for this (CPU) machine's strategy.
+  # The U-Net decoder layer, in the portable form (also for this CPU).
   assert "-> (tensor<8x64x64x64xf32>" in proc.stdout
-  assert "cpu lowering strategy: gemm_col2im" in proc.stderr
-  assert "stablehlo.dot_general" in proc.stdout
+  assert "exported form: portable" in proc.stderr
+  assert "lhs_dilate = [2, 2]" in proc.stdout
+  assert "stablehlo.dot_general" not in proc.stdout
 
 
 def test_printed_strategy_is_the_one_lowered(capsys):
   # 16 images of 64x64 64<-128: 36 MiB of GEMM columns -> sub-pixel
   # convolutions; with a symbolic batch the lowering counts one image.
   layer = ("export", "--input-sizes", "16,64,64,64", "--filter-sizes",
-           "3,3,64,128", "--strides", "1,2,2,1")
+           "3,3,64,128", "--strides", "1,2,2,1", "--cpu-strategy", "auto")
   for extra, name, emitted in (((), "subpixel", "stablehlo.convolution"),
                                (("--batch", "b"), "gemm_col2im",
                                 "stablehlo.dot_general")):
     code, out, err = run(capsys, *layer, *extra)
     assert code == 0 and f"cpu lowering strategy: {name}" in err
     assert emitted in out
+
+
+@pytest.mark.parametrize("op", cli.OPS)
+def test_every_op_exports_the_portable_form(capsys, op):
+  code, out, err = run(capsys, "export", "--op", op)
+  assert code == 0, err
+  assert "exported form: portable" in err and "custom_call" not in out
+  conv, = [line for line in out.splitlines() if "stablehlo.convolution" in line]
+  args = re.search(r"func.func public @main\((.*?)\) ->", out).group(1)
+  names = re.findall(r"(%arg\d+): tensor", args)
+  # out_backprop is the op's last tensor argument (a V2/v1 op's shape-only
+  # tensor is unused, so the module drops it).
+  lhs, rhs = re.search(r"convolution\((%\w+), (%\w+)\)", conv).groups()
+  if "Filter" in op:  # out_backprop (the last operand) is the window
+    assert rhs == names[-1] and "lhs_dilate" not in conv
+  else:  # the reversed kernel over the lhs-dilated out_backprop
+    assert lhs == names[-1] and "lhs_dilate = [2, 2" in conv
+    assert re.search(rf"{rhs} = stablehlo.reverse", out)
+
+
+def test_cpu_strategy_is_baked_in_on_request(capsys):
+  code, out, err = run(capsys, "export", "--cpu-strategy", "auto")
+  assert code == 0 and "cpu lowering strategy: gemm_col2im" in err
+  assert "stablehlo.dot_general" in out and "lhs_dilate" not in out
+  code, out, err = run(capsys, "export", "--cpu-strategy", "subpixel")
+  assert code == 0 and "cpu lowering strategy: subpixel (forced" in err
+  assert "lhs_dilate" not in out and "stablehlo.convolution" in out
+  code, out, err = run(capsys, "export", "--op", "Conv2DBackpropFilter",
+                       "--cpu-strategy", "auto")
+  assert code == 0 and "filter-gradient form" in err
 
 
 def test_gpu_export_is_the_canonical_form(capsys):
@@ -70,7 +102,10 @@ def test_check_reports_max_error(capsys):
 def test_help_documents_every_flag(capsys):
   code, out, _ = run(capsys, "export", "--help")
   assert code == 0
-  for flag in ("--input-sizes", "--filter-sizes", "--strides", "--padding",
+  for op in cli.OPS:
+    assert op in out
+  for flag in ("--op", "--cpu-strategy", "--input-sizes", "--filter-sizes",
+               "--strides", "--padding",
                "--explicit-paddings", "--data-format", "--dilations", "--dtype",
                "--batch", "--platforms", "--grad", "--format", "--output",
                "--check", "examples:"):
@@ -88,6 +123,14 @@ def test_help_documents_every_flag(capsys):
     (["--platforms", "cpu,gpu"], "--platforms: unknown platform(s) ['gpu']"),
     (["--format", "serialized"], "needs -o/--output"),
     (["--grad", "--dtype", "int32"], "--grad: int32 has no gradient"),
+    (["--op", "Conv3DBackpropInputV2", "--dtype", "int32"], "--dtype must be"),
+    (["--op", "Conv3DBackpropInputV2", "--strides", "1,2,2,1"],
+     "--strides: strides must have 5 entries"),
+    (["--op", "Conv2DBackpropFilter", "--filter-sizes", "3,3,0,128"],
+     "in_depth"),
+    (["--op", "Conv3DBackpropFilterV2", "--padding", "EXPLICIT"],
+     "--padding: padding must be one of ('SAME', 'VALID')"),
+    (["--op", "Conv2DTranspose"], "invalid choice"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_flags_give_one_line_errors(capsys, argv, fragment):

@@ -118,8 +118,12 @@ def main():
   arrays, i = {}, 0
   for name, (count, draw) in OPS.items():
     count = max(1, round(count * args.scale))
-    got, paths = 0, {}
+    got, paths, tries = 0, {}, 0
     while got < count:
+      tries += 1
+      if tries > 50 * count:
+        raise RuntimeError(f"{name}: {got} of {count} cases after {tries} "
+                           "draws; the others had no TF path or failed")
       case = draw(rng)
       path = choose_path(case)
       if path is None:

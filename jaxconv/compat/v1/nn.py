@@ -67,11 +67,12 @@ def conv2d_transpose(value=None, filter=None, output_shape=None, strides=None,  
       name=name)
 
 
-def conv3d_transpose(value=None, filter=None, output_shape=None, strides=None,  # noqa: A002
+def conv3d_transpose(value, filter=None, output_shape=None, strides=None,  # noqa: A002
                      padding="SAME", data_format="NDHWC", name=None, input=None,
                      filters=None, dilations=None):
   """`tf.compat.v1.nn.conv3d_transpose`: `jaxconv.nn.conv3d_transpose` with
-  `value`/`input` and `filter`/`filters` aliases."""
+  `value`/`input` and `filter`/`filters` aliases (`value` is required, as in
+  TF: pass `value=None` to use `input`)."""
   return nn.conv3d_transpose(
       attrs.alias("value", value, "input", input),
       attrs.alias("filter", filter, "filters", filters), _shape(output_shape),
