@@ -1,10 +1,14 @@
 """CPU benchmark suite: jaxconv vs XLA's canonical form, TF and PyTorch.
 
+Classes: the 2-D op's 15 layer classes, then the family: 3-D and 1-D
+transposed convolutions, the depthwise op with a channel multiplier, and
+filter gradients (Conv2DBackpropFilter, Conv3DBackpropFilterV2).
+
     python benchmarks/suite.py                  # all classes (several minutes)
     python benchmarks/suite.py --quick          # smoke run: 3 classes, few reps
     python benchmarks/suite.py --classes thin,stem --strategies
 
-Per class (TF shapes: input [N,H,W,C], filter [KH,KW,C/groups,C_out]):
+Per class (TF shapes: input [N,*spatial,C], filter [*K,C/groups,C_out]):
 jaxconv (automatic strategy), XLA's canonical form (JAX's conv VJP), the
 forward convolution of the same geometry, TF's Conv2DBackpropInput and
 PyTorch's conv2d_input when installed (`pip install -e '.[bench]'`), and a
@@ -49,22 +53,34 @@ from lowering import cpu  # noqa: E402
 @dataclasses.dataclass(frozen=True)
 class Case:
   name: str
-  input: tuple  # NHWC
-  filter: tuple  # HWIO (I = C / groups)
+  input: tuple  # channels-last: [N, *spatial, C]
+  filter: tuple  # [*K, C / groups, C_out] (depthwise: C_out = C * M)
   stride: int = 1
   dilation: int = 1
   padding: str = "SAME"
   dtype: str = "float32"
   data_format: str = "NHWC"
+  op: str = "input"  # the input gradient, or "filter": the filter gradient
+
+  @property
+  def ndim(self):
+    return len(self.input) - 2
 
   @property
   def groups(self):
-    return self.input[3] // self.filter[2]
+    return self.input[-1] // self.filter[-2]
+
+  @property
+  def depthwise(self):
+    return self.filter[-2] == 1 and self.groups > 1
 
 
 UNET = dict(input=(8, 64, 64, 64), filter=(3, 3, 64, 128), stride=2)
+DENSE = dict(input=(8, 56, 56, 64), filter=(3, 3, 64, 64))
+UNET3D = dict(input=(1, 32, 32, 32, 32), filter=(3, 3, 3, 32, 64), stride=2,
+              data_format="NDHWC")
 CASES = [
-    Case("dense s1 56x56 64->64 k3 N8", (8, 56, 56, 64), (3, 3, 64, 64)),
+    Case("dense s1 56x56 64->64 k3 N8", **DENSE),
     Case("unet-up s2 64x64 64<-128 k3 N8", **UNET),
     Case("dcgan s2 32x32 128<-256 k5 N16", (16, 32, 32, 128), (5, 5, 128, 256), 2),
     Case("1x1 s2 56x56 256->512 N8 VALID", (8, 56, 56, 256), (1, 1, 256, 512), 2,
@@ -81,32 +97,63 @@ CASES = [
     Case("unet-up f16", **UNET, dtype="float16"),
     Case("unet-up f64 N2", (2, 64, 64, 64), (3, 3, 64, 128), 2, dtype="float64"),
     Case("unet-up k2 s2 64x64 64<-128 N8", (8, 64, 64, 64), (2, 2, 64, 128), 2),
+    # The rest of the family (issue 13).
+    Case("3d unet-up s2 32^3 32<-64 k3 N1", **UNET3D),
+    Case("3d dense s1 24^3 32 k3 N1", (1, 24, 24, 24, 32), (3, 3, 3, 32, 32),
+         data_format="NDHWC"),
+    Case("3d k2 s2 32^3 32<-64 N1", (1, 32, 32, 32, 32), (2, 2, 2, 32, 64), 2,
+         data_format="NDHWC"),
+    Case("1d k16 s8 8192 128<-256 N4", (4, 8192, 128), (16, 128, 256), 8,
+         data_format="NWC"),
+    Case("1d k4 s2 4096 64 N8", (8, 4096, 64), (4, 64, 64), 2,
+         data_format="NWC"),
+    Case("dw-native s2 56x56 128 x2 N8", (8, 56, 56, 128), (3, 3, 1, 256), 2),
+    Case("filter-grad dense s1 56x56 64", **DENSE, op="filter"),
+    Case("filter-grad unet-up s2 64x64", **UNET, op="filter"),
+    Case("filter-grad 3d unet-up s2 32^3", **UNET3D, op="filter"),
 ]
 
 
 def _key(case):
-  return case.name.split()[0] if not case.name.startswith("unet-up ") else (
-      case.name.replace(" ", "-"))
+  return case.name.split()[0] if not case.name.startswith(
+      ("unet-up ", "3d ", "1d ", "filter-grad ")) else case.name.replace(" ", "-")
 
 
 def _tf_layout(values, fmt):
-  return values if fmt == "NHWC" else (values[0], values[3], values[1], values[2])
+  """Channels-last values in `fmt`'s order."""
+  return values if fmt[-1] == "C" else (values[0], values[-1], *values[1:-1])
 
 
 def useful_flops(case, dy_shape):
-  n, oh, ow, co = dy_shape
-  return 2 * n * oh * ow * co * case.filter[0] * case.filter[1] * case.filter[2]
+  """2 x (out_backprop elements) x (taps x in-channels per group)."""
+  return 2 * int(np.prod(dy_shape)) * int(np.prod(case.filter[:-1]))
+
+
+def _attrs(case):
+  n = case.ndim
+  return dict(strides=list(_tf_layout((1, *[case.stride] * n, 1),
+                                      case.data_format)),
+              dilations=list(_tf_layout((1, *[case.dilation] * n, 1),
+                                        case.data_format)),
+              padding=case.padding)
+
+
+def _dw_filter(case, w):
+  """HWIO [*K, 1, C*M] -> TF's depthwise [*K, C, M]."""
+  return w.reshape(*case.filter[:-2], case.input[-1], -1)
 
 
 def build(case: Case, rng):
   """Operands and callables for every candidate of one class."""
   dtype = jnp.dtype(case.dtype)
-  nhwc = case.data_format == "NHWC"
-  s, d = (case.stride,) * 2, (case.dilation,) * 2
+  last = case.data_format[-1] == "C"
+  n = case.ndim
+  s, d = (case.stride,) * n, (case.dilation,) * n
   x = rng.standard_normal(case.input).astype(np.float32)
   w = rng.standard_normal(case.filter).astype(np.float32)
-  dn = (case.data_format, "HWIO", case.data_format)
-  xj = jnp.asarray(x if nhwc else x.transpose(0, 3, 1, 2), dtype)
+  dn = (case.data_format, "DHW"[3 - n:] + "IO", case.data_format)
+  to_fmt = (lambda a: a) if last else (lambda a: np.moveaxis(a, -1, 1))
+  xj = jnp.asarray(to_fmt(x), dtype)
   wj = jnp.asarray(w, dtype)
 
   def forward(x, w):
@@ -114,88 +161,143 @@ def build(case: Case, rng):
                                     dimension_numbers=dn,
                                     feature_group_count=case.groups)
   dyj = jax.jit(forward)(xj, wj)
-  dy_nhwc = np.asarray(dyj.astype(jnp.float32) if nhwc else
-                       dyj.astype(jnp.float32).transpose(0, 2, 3, 1))
+  dy_last = np.asarray(dyj.astype(jnp.float32) if last else
+                       jnp.moveaxis(dyj.astype(jnp.float32), 1, -1))
   sizes = list(_tf_layout(case.input, case.data_format))
-  strides = list(_tf_layout((1, *s, 1), case.data_format))
-  dilations = list(_tf_layout((1, *d, 1), case.data_format))
+  attrs = _attrs(case)
 
-  def ours(w, dy):
-    return jaxconv.conv2d_backprop_input(sizes, w, dy, strides, case.padding,
-                                         data_format=case.data_format,
-                                         dilations=dilations)
+  if case.op == "filter":
+    op = getattr(jaxconv.raw_ops, "Conv3DBackpropFilterV2" if n == 3 else
+                 "Conv2DBackpropFilter")
 
-  def canonical(w, dy):  # XLA's canonical form: JAX's conv VJP
-    return jax.vjp(lambda x: forward(x, w), jnp.zeros(xj.shape, dtype))[1](dy)[0]
+    def ours(x, dy):
+      return op(input=x, filter_sizes=list(case.filter), out_backprop=dy,
+                data_format=case.data_format, **attrs)
+
+    def canonical(x, dy):  # XLA's form: JAX's conv VJP w.r.t. the filter
+      return jax.vjp(lambda w: forward(x, w), jnp.zeros(wj.shape, dtype))[1](
+          dy)[0]
+    args = (xj, dyj)
+  else:
+    if n == 1:
+      def ours(w, dy):
+        return jaxconv.nn.conv1d_transpose(
+            dy, w, sizes, attrs["strides"], padding=case.padding,
+            data_format=case.data_format, dilations=attrs["dilations"])
+    elif case.depthwise and case.filter[-1] != case.input[-1]:
+      def ours(w, dy):  # the depthwise op itself (a channel multiplier)
+        return jaxconv.raw_ops.DepthwiseConv2dNativeBackpropInput(
+            input_sizes=sizes, filter=_dw_filter(case, w), out_backprop=dy,
+            data_format=case.data_format, **attrs)
+    else:
+      op = getattr(jaxconv.raw_ops, "Conv3DBackpropInputV2" if n == 3 else
+                   "Conv2DBackpropInput")
+
+      def ours(w, dy):
+        return op(input_sizes=sizes, filter=w, out_backprop=dy,
+                  data_format=case.data_format, **attrs)
+
+    def canonical(w, dy):  # XLA's canonical form: JAX's conv VJP
+      return jax.vjp(lambda x: forward(x, w), jnp.zeros(xj.shape, dtype))[1](
+          dy)[0]
+    args = (wj, dyj)
 
   cands, compile_s, memory = {}, {}, {}
-  for name, fn, args in (("jaxconv", ours, (wj, dyj)),
-                         ("canonical", canonical, (wj, dyj)),
-                         ("forward_conv", forward, (xj, wj))):
-    compiled, secs = compile_seconds(fn, *args)
-    cands[name] = (lambda c=compiled, a=args: c(*a))
+  for name, fn, fargs in (("jaxconv", ours, args),
+                          ("canonical", canonical, args),
+                          ("forward_conv", forward, (xj, wj))):
+    compiled, secs = compile_seconds(fn, *fargs)
+    cands[name] = (lambda c=compiled, a=fargs: c(*a))
     compile_s[name] = secs
     mem = compiled.memory_analysis()
     memory[name] = None if mem is None else int(
         mem.temp_size_in_bytes + mem.output_size_in_bytes)
   strategies = {}
   return dict(cands=cands, compile_s=compile_s, memory=memory, ours=ours,
-              w=wj, dy=dyj, x=x, w_np=w, dy_nhwc=dy_nhwc, strategies=strategies)
+              args=args, x=x, w_np=w, dy_last=dy_last, strategies=strategies)
+
+
+def _spec(b):
+  eqns = jax.make_jaxpr(b["ours"])(*b["args"]).eqns
+  return next(e.params["spec"] for e in eqns
+              if e.primitive.name == "conv_backprop_input")
 
 
 def add_strategies(case, b):
   """Every CPU strategy that applies, forced, for the record."""
-  spec = jax.make_jaxpr(b["ours"])(b["w"], b["dy"]).eqns[0].params["spec"]
+  if case.op == "filter":
+    return
+  spec = _spec(b)
   for name in cpu.STRATEGIES:
-    if not cpu.applies(name, spec, b["w"].shape):
+    if not cpu.applies(name, spec, case.filter):
       continue
     with lowering.force_strategy(name):  # a fresh function: a fresh lowering
-      compiled, _ = compile_seconds(lambda w, dy: b["ours"](w, dy), b["w"],
-                                    b["dy"])
-    b["cands"][f"strategy:{name}"] = (lambda c=compiled: c(b["w"], b["dy"]))
+      compiled, _ = compile_seconds(lambda *a: b["ours"](*a), *b["args"])
+    b["cands"][f"strategy:{name}"] = (lambda c=compiled: c(*b["args"]))
 
 
 def add_peers(case, b, rng):
-  dtype_name = case.dtype
+  n, fmt = case.ndim, case.data_format
+  attrs = _attrs(case)
   try:
     import tensorflow as tf
-    tf_dtype = getattr(tf, dtype_name)
+    tf_dtype = getattr(tf, case.dtype)
     w = tf.constant(b["w_np"], tf_dtype)
-    if case.data_format == "NHWC":
-      dy = tf.constant(b["dy_nhwc"], tf_dtype)
-    else:
-      dy = tf.constant(b["dy_nhwc"].transpose(0, 3, 1, 2), tf_dtype)
-    sizes = tf.constant(_tf_layout(case.input, case.data_format), tf.int32)
-    strides = list(_tf_layout((1, case.stride, case.stride, 1), case.data_format))
-    dil = list(_tf_layout((1, case.dilation, case.dilation, 1), case.data_format))
-    if case.groups == case.input[3] and case.filter[2] == 1:
-      wd = tf.reshape(w, (*case.filter[:2], case.input[3], -1))
+    moved = (lambda a: a) if fmt[-1] == "C" else (
+        lambda a: np.moveaxis(a, -1, 1))
+    dy = tf.constant(moved(b["dy_last"]), tf_dtype)
+    x = tf.constant(moved(b["x"]), tf_dtype)
+    sizes = tf.constant(_tf_layout(case.input, fmt), tf.int32)
+    if case.op == "filter":
+      op = (tf.raw_ops.Conv3DBackpropFilterV2 if n == 3 else
+            tf.raw_ops.Conv2DBackpropFilter)
+      fsizes = tf.constant(case.filter, tf.int32)
+      def run():
+        return op(input=x, filter_sizes=fsizes, out_backprop=dy,
+                  data_format=fmt, **attrs)
+    elif n == 1:
+      def run():
+        return tf.nn.conv1d_transpose(dy, w, list(_tf_layout(case.input, fmt)),
+                                      attrs["strides"], padding=case.padding,
+                                      data_format=fmt,
+                                      dilations=attrs["dilations"])
+    elif case.depthwise:
+      wd = tf.constant(_dw_filter(case, b["w_np"]), tf_dtype)
       def run():
         return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-            input_sizes=sizes, filter=wd, out_backprop=dy, strides=strides,
-            padding=case.padding, data_format=case.data_format, dilations=dil)
+            input_sizes=sizes, filter=wd, out_backprop=dy, data_format=fmt,
+            **attrs)
     else:
+      op = (tf.raw_ops.Conv3DBackpropInputV2 if n == 3 else
+            tf.raw_ops.Conv2DBackpropInput)
       def run():
-        return tf.raw_ops.Conv2DBackpropInput(
-            input_sizes=sizes, filter=w, out_backprop=dy, strides=strides,
-            padding=case.padding, data_format=case.data_format, dilations=dil)
+        return op(input_sizes=sizes, filter=w, out_backprop=dy,
+                  data_format=fmt, **attrs)
     run()  # eager TF on CPU returns when the result is computed
     b["cands"]["tensorflow"] = run
   except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported
     progress(f"  tensorflow: n/a ({type(e).__name__}: {str(e)[:80]})")
   try:
     import torch
-    tdt = getattr(torch, dtype_name)
-    tw = torch.tensor(b["w_np"].transpose(3, 2, 0, 1)).to(tdt)  # OIHW
-    tdy = torch.tensor(b["dy_nhwc"].transpose(0, 3, 1, 2)).to(tdt)
-    size = (case.input[0], case.input[3], case.input[1], case.input[2])
+    tdt = getattr(torch, case.dtype)
+    first = lambda a: np.ascontiguousarray(np.moveaxis(a, -1, 1))
+    tw = torch.tensor(np.ascontiguousarray(
+        np.moveaxis(b["w_np"], (-1, -2), (0, 1)))).to(tdt)  # O I *K
+    tdy = torch.tensor(first(b["dy_last"])).to(tdt)
+    tx = torch.tensor(first(b["x"])).to(tdt)
     ek = (case.filter[0] - 1) * case.dilation + 1
     pad = 0 if case.padding == "VALID" else (ek - 1) // 2
+    kw = dict(stride=case.stride, padding=pad, dilation=case.dilation,
+              groups=case.groups)
+    if case.op == "filter":
+      grad = getattr(torch.nn.grad, f"conv{n}d_weight")
+      args = (tx, tw.shape, tdy)
+    else:
+      grad = getattr(torch.nn.grad, f"conv{n}d_input")
+      args = ((case.input[0], case.input[-1], *case.input[1:-1]), tw, tdy)
     def run_torch():
       with torch.no_grad():
-        return torch.nn.grad.conv2d_input(size, tw, tdy, stride=case.stride,
-                                          padding=pad, dilation=case.dilation,
-                                          groups=case.groups)
+        return grad(*args, **kw)
     run_torch()
     b["cands"]["pytorch"] = run_torch
   except Exception as e:  # noqa: BLE001
@@ -215,13 +317,16 @@ def run_case(case, reps, with_strategies, rng):
   if with_strategies:
     add_strategies(case, b)
   add_peers(case, b, rng)
-  flops = useful_flops(case, b["dy_nhwc"].shape)
+  flops = useful_flops(case, b["dy_last"].shape)
   add_matmul(b, flops, jnp.float64 if case.dtype == "float64" else jnp.float32)
   times = interleaved_medians(b["cands"], reps)
   peers = [times[k] for k in ("tensorflow", "pytorch", "canonical") if k in times]
   best_peer = min(peers)
-  spec = jax.make_jaxpr(b["ours"])(b["w"], b["dy"]).eqns[0].params["spec"]
-  strategy, reason = cpu.choose(spec, b["w"].shape, case.dtype, case.input[0])
+  if case.op == "filter":
+    strategy, reason = "filter-grad", "lowering/cpu.py backprop_filter"
+  else:
+    strategy, reason = cpu.choose(_spec(b), case.filter, case.dtype,
+                                  case.input[0])
   return {
       "class": case.name, "strategy": strategy, "reason": reason,
       "ms": {k: v * 1e3 for k, v in times.items()},
@@ -269,7 +374,7 @@ def chart(results, path):
   ax.invert_yaxis()
   ax.set_xlabel("jaxconv time / best of (TF, PyTorch, XLA canonical)  "
                 "(< 1 is faster)")
-  ax.set_title("jaxconv Conv2DBackpropInput on CPU")
+  ax.set_title("jaxconv's transposed-convolution family on CPU")
   for i, v in enumerate(ratios):
     ax.text(v, i, f" {v:.2f}x", va="center")
   fig.tight_layout()

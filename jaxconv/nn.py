@@ -49,8 +49,8 @@ def conv2d_transpose(input, filters, output_shape, strides, padding="SAME",  # n
   """`tf.nn.conv2d_transpose`: `Conv2DBackpropInput` with out_backprop =
   `input`; output_shape 4 entries or `[H, W]`; padding a string or 4 pairs."""
   del name
-  data_format = data_format or "NHWC"
-  channel_index = 1 if data_format.startswith("NC") else 3
+  data_format = "NHWC" if data_format is None else data_format
+  channel_index = _channel_index(data_format, 2)
   padding, explicit = attrs.convert_padding(padding)
   return raw_ops.Conv2DBackpropInput(
       input_sizes=output_shape, filter=filters, out_backprop=input,
@@ -64,13 +64,20 @@ def conv3d_transpose(input, filters, output_shape, strides, padding="SAME",  # n
   """`tf.nn.conv3d_transpose`: `Conv3DBackpropInputV2` with out_backprop =
   `input`; output_shape 5 entries; padding "SAME" or "VALID"."""
   del name
-  data_format = data_format or "NDHWC"
-  channel_index = 1 if data_format.startswith("NC") else 4
+  data_format = "NDHWC" if data_format is None else data_format
+  channel_index = _channel_index(data_format, 3)
   return raw_ops.Conv3DBackpropInputV2(
       input_sizes=output_shape, filter=filters, out_backprop=input,
       strides=attrs.get_sequence(strides, 3, channel_index, "strides"),
       padding=padding, data_format=data_format,
       dilations=attrs.get_sequence(dilations, 3, channel_index, "dilations"))
+
+
+def _channel_index(data_format, n):
+  """Where TF's wrappers put the channels of strides/dilations (a bad
+  data_format is the raw op's error)."""
+  return 1 if isinstance(data_format, str) and data_format.startswith(
+      "NC") else n + 1
 
 
 def conv_transpose(input, filters, output_shape, strides, padding="SAME",  # noqa: A002

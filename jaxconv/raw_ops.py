@@ -87,6 +87,7 @@ def Conv2DBackpropInputV2(*, input, filter, out_backprop, strides, padding,  # n
   TF has no kernel for it anywhere; this computes what its counterpart does."""
   del name
   _check_cudnn(use_cudnn_on_gpu)
+  _same_dtype(input, "input", filter, "filter")
   return core.backprop_input(
       2, _shape_of(input, "input"), filter, out_backprop, strides=strides,
       padding=padding, explicit_paddings=explicit_paddings,
@@ -113,6 +114,7 @@ def Conv3DBackpropInput(*, input, filter, out_backprop, strides, padding,  # noq
   """TF's v1 `Conv3DBackpropInput` (NDHWC only; the shape of `input` is the
   result's).  TF removed it from graphs; this mirrors its V2 on that shape."""
   del name
+  _same_dtype(input, "input", filter, "filter")
   return core.backprop_input(
       3, _shape_of(input, "input"), filter, out_backprop, strides=strides,
       padding=padding, data_format="NDHWC", dilations=dilations, **_3D)
@@ -159,7 +161,7 @@ def Conv2DBackpropFilterV2(*, input, filter, out_backprop, strides, padding,  # 
   no kernel for it anywhere; this computes what its counterpart does."""
   del name
   _check_cudnn(use_cudnn_on_gpu)
-  _same_dtype(filter, input)
+  _same_dtype(filter, "filter", input, "input")
   return core.backprop_filter(
       2, input, _shape_of(filter, "filter"), out_backprop, strides=strides,
       padding=padding, explicit_paddings=explicit_paddings,
@@ -182,7 +184,7 @@ def Conv3DBackpropFilter(*, input, filter, out_backprop, strides, padding,  # no
   """TF's v1 `Conv3DBackpropFilter` (NDHWC only; the shape of `filter` is
   the result's).  TF removed it from graphs; this mirrors its V2."""
   del name
-  _same_dtype(filter, input)
+  _same_dtype(filter, "filter", input, "input")
   return core.backprop_filter(
       3, input, _shape_of(filter, "filter"), out_backprop, strides=strides,
       padding=padding, data_format="NDHWC", dilations=dilations, **_3D)
@@ -201,9 +203,10 @@ def DepthwiseConv2dNativeBackpropFilter(*, input, filter_sizes, out_backprop,  #
       dilations=dilations, depthwise=True)
 
 
-def _same_dtype(tensor, input):  # noqa: A002
-  """TF's type check of a shape-only tensor argument against `input`."""
-  a, b = getattr(tensor, "dtype", None), getattr(input, "dtype", None)
+def _same_dtype(tensor, name, other, other_name):
+  """TF's type check of a V2/v1 op's shape-only tensor (all its tensors
+  share the dtype T)."""
+  a, b = getattr(tensor, "dtype", None), getattr(other, "dtype", None)
   if a is not None and b is not None and a != b:
-    raise TypeError(f"Input 'filter' has type {a} that does not match type "
-                    f"{b} of argument 'input'")
+    raise TypeError(f"Input '{name}' has type {a} that does not match type "
+                    f"{b} of argument '{other_name}'")

@@ -53,11 +53,9 @@ def lower(ctx, filt, dy, *, spec: ConvSpec, accumulate_f32: bool = False):
       dimension_numbers=_dimension_numbers(spec),
       feature_group_count=mlir.i64_attr(spec.groups),
       batch_group_count=mlir.i64_attr(1),
-      window_strides=mlir.dense_int_array([1] * n),
-      padding=mlir.dense_int_elements(conv_pads),
+      padding=mlir.dense_int_elements(conv_pads),  # window strides: 1
       lhs_dilation=mlir.dense_int_array(list(spec.strides)),
-      rhs_dilation=mlir.dense_int_array(list(spec.dilations)),
-      window_reversal=mlir.ir.DenseBoolArrayAttr.get([False] * n))
+      rhs_dilation=mlir.dense_int_array(list(spec.dilations)))
 
   if any(lo or hi for lo, hi in crop):
     lo, hi = [0] * (n + 2), [0] * (n + 2)

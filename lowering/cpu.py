@@ -201,6 +201,9 @@ def lower(ctx, filt, dy, *, spec: ConvSpec):
   batch = dy_aval.shape[0]
   if _portable.get():
     return canonical.lower(ctx, filt, dy, spec=spec, accumulate_f32=True)
+  # The strategies loop over stride phases: bound a stride that TF allows
+  # up to 2**31 - 1 where it cannot matter.
+  spec = spec.with_equivalent_strides(filt_aval.shape[:spec.ndim])
   name = chosen(spec, filt_aval.shape, out_aval.dtype,
                 batch if isinstance(batch, (int, np.integer)) else 1)
   if name == "canonical":

@@ -51,6 +51,19 @@ def forward_output_size(size: int, k: int, stride: int, dilation: int,
   return _div_trunc(size + pad[0] + pad[1] - ek + stride, stride)
 
 
+def equivalent_stride(size: int, k: int, stride: int, dilation: int,
+                      pad: Pair) -> int:
+  """The smallest stride with the same windows as `stride`.
+
+  Where the forward conv has at most one window (output size 0 or 1), any
+  stride past the padded input's slack gives the same op; TF accepts
+  strides up to 2**31 - 1, and the sub-pixel strategies loop over phases.
+  Elsewhere (and where the output size is negative: an error) unchanged.
+  """
+  slack = size + pad[0] + pad[1] - effective_size(k, dilation)
+  return min(stride, abs(slack) + 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvSpec:
   """Static description of a backprop-input op over len(strides) spatial dims.
@@ -100,6 +113,14 @@ class ConvSpec:
         forward_output_size(i, k, s, d, p) for i, k, s, d, p in zip(
             self.input_spatial, kernel, self.strides, self.dilations,
             self.padding))
+
+  def with_equivalent_strides(self, kernel: Sequence[int]) -> "ConvSpec":
+    """The same op with each stride made `equivalent_stride` (bounded by
+    the padded input)."""
+    return dataclasses.replace(self, strides=tuple(
+        equivalent_stride(i, k, s, d, p) for i, k, s, d, p in zip(
+            self.input_spatial, kernel, self.strides, self.dilations,
+            self.padding)))
 
   def lhs_dilated_padding(self, kernel: Sequence[int]) -> tuple[Pair, ...]:
     """Padding of the stride-1, lhs-dilated conv that computes the op.

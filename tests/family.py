@@ -1,11 +1,13 @@
 """The family's functions as drawable calls (shared by the tests and the
 golden recorder; no TF here).
 
-`OPS[name] = (golden count, draw)`: `draw(rng)` returns a `Case`, one valid
-call of the jaxconv function `name` (a dotted name under `jaxconv`, the
-same under `tf`) with its keyword arguments in a form TF accepts, tensors
-as "$name" or {"$zeros": shape} placeholders, the arrays, and the generic
-config it came from (`tests/configs.py`'s raw-op terms, HWIO filter).
+`OPS[name] = (golden count, draw)`: `draw(rng, dtype=None)` (`draw.dtypes`:
+the function's dtypes) returns a
+`Case`, one valid call of the jaxconv function `name` (a dotted name under
+`jaxconv`, the same under `tf`) with its keyword arguments in a form TF
+accepts, tensors as "$name" or {"$zeros": shape} placeholders, the arrays,
+and the generic config it came from (`tests/configs.py`'s raw-op terms,
+HWIO filter).
 """
 from __future__ import annotations
 
@@ -95,8 +97,8 @@ def _input_op(name, ndim, kinds=("dense", "dense", "grouped"), dtypes=FLOATS,
               paddings=("SAME", "VALID", "EXPLICIT"), formats=None,
               tensor=False, counterpart=None, depthwise=False, short=False):
   """A backprop-input raw op: sizes (or, V2/v1, a tensor) + filter + dy."""
-  def draw(rng):
-    cfg = random_config(rng, ndim=ndim, kinds=kinds, dtypes=dtypes,
+  def draw(rng, dtype=None):
+    cfg = random_config(rng, dtype, ndim=ndim, kinds=kinds, dtypes=dtypes,
                         paddings=paddings, formats=formats or LAST_FIRST[ndim],
                         spatial_sizes=short, dilation_rate=DILATION_RATE,
                         max_size={1: 12, 2: 8, 3: 5}[ndim])
@@ -117,6 +119,7 @@ def _input_op(name, ndim, kinds=("dense", "dense", "grouped"), dtypes=FLOATS,
       kw = dict(kw, input={"$zeros": cfg["input_sizes"]})
       return Case(name, cfg, kw, arrays, counterpart, tf_kw)
     return Case(name, cfg, dict(kw, input_sizes=cfg["input_sizes"]), arrays)
+  draw.dtypes = dtypes
   return draw
 
 
@@ -124,8 +127,8 @@ def _filter_op(name, ndim, kinds=("dense", "dense", "grouped"),
                paddings=("SAME", "VALID", "EXPLICIT"), formats=None,
                tensor=False, counterpart=None, depthwise=False):
   """A backprop-filter raw op: input + filter sizes (or a tensor) + dy."""
-  def draw(rng):
-    cfg = random_config(rng, ndim=ndim, kinds=kinds, dtypes=FLOATS,
+  def draw(rng, dtype=None):
+    cfg = random_config(rng, dtype, ndim=ndim, kinds=kinds, dtypes=FLOATS,
                         paddings=paddings, formats=formats or LAST_FIRST[ndim],
                         spatial_sizes=False, dilation_rate=DILATION_RATE,
                         max_size={1: 12, 2: 8, 3: 5}[ndim])
@@ -145,6 +148,7 @@ def _filter_op(name, ndim, kinds=("dense", "dense", "grouped"),
       return Case(name, cfg, dict(kw, filter={"$zeros": fshape}), arrays,
                   counterpart, tf_kw)
     return Case(name, cfg, dict(kw, filter_sizes=fshape), arrays)
+  draw.dtypes = FLOATS
   return draw
 
 
@@ -152,8 +156,8 @@ def _transpose_fn(name, ndim, alias=None, kinds=("dense", "dense", "grouped"),
                   dtypes=FLOATS, pad_pairs=False, none_format=False,
                   short=True):
   """tf.nn.conv{1,2,3}d_transpose-like: input(dy), filters, output_shape."""
-  def draw(rng):
-    cfg = random_config(rng, ndim=ndim, kinds=kinds, dtypes=dtypes,
+  def draw(rng, dtype=None):
+    cfg = random_config(rng, dtype, ndim=ndim, kinds=kinds, dtypes=dtypes,
                         paddings=("SAME", "VALID", "EXPLICIT") if pad_pairs
                         else ("SAME", "VALID"), spatial_sizes=short and ndim == 2,
                         formats=LAST_FIRST[ndim], dilation_rate=DILATION_RATE,
@@ -171,35 +175,40 @@ def _transpose_fn(name, ndim, alias=None, kinds=("dense", "dense", "grouped"),
             and rng.random() < 0.5):
       kw["data_format"] = fmt
     return Case(name, cfg, kw, arrays)
+  draw.dtypes = dtypes
   return draw
 
 
 def _atrous(name):
-  def draw(rng):
+  def draw(rng, dtype=None):
+    dilated = rng.random() < 0.7  # a rate > 1 (rare among random configs)
     while True:
-      cfg = random_config(rng, ndim=2, kinds=("dense",), dtypes=FLOATS,
+      cfg = random_config(rng, dtype, ndim=2, kinds=("dense",), dtypes=FLOATS,
                           paddings=("SAME", "VALID"), formats=("NHWC",),
                           spatial_sizes=False)
       rate = cfg["dilations"][1]
-      if cfg["strides"] == [1, 1, 1, 1] and cfg["dilations"][2] == rate:
+      if (cfg["strides"] == [1, 1, 1, 1] and cfg["dilations"][2] == rate
+          and (rate > 1) == dilated):
         break
     arrays = _operands(rng, cfg, [("filter", cfg["filter_shape"]),
                                   ("dy", cfg["out_backprop_shape"])])
     return Case(name, cfg, dict(value="$dy", filters="$filter",
                                 output_shape=cfg["input_sizes"], rate=rate,
                                 padding=cfg["padding"]), arrays)
+  draw.dtypes = FLOATS
   return draw
 
 
 def _wrapped(name, draw_raw, pairs=True):
   """A wrapper of a raw op: the same arguments, padding as a string or (with
   `pairs`) (before, after) pairs."""
-  def draw(rng):
-    case = draw_raw(rng)
+  def draw(rng, dtype=None):
+    case = draw_raw(rng, dtype)
     kw = {k: v for k, v in case.kwargs.items() if k != "explicit_paddings"}
     if pairs:
       kw["padding"] = _pad_form(rng, case.cfg)
     return Case(name, case.cfg, kw, case.arrays)
+  draw.dtypes = draw_raw.dtypes
   return draw
 
 
@@ -287,14 +296,14 @@ OPS = {
 
 
 def _conv_transpose(name):
+  """tf.nn.conv_transpose: 1-, 2- or 3-D (3-D takes no int32)."""
   parts = [_transpose_fn(name, n, dtypes=ALL if n < 3 else FLOATS,
                          pad_pairs=n == 2, none_format=True, short=False)
            for n in (1, 2, 3)]
-  state = {"i": 0}
 
-  def draw(rng):
-    state["i"] += 1
-    return parts[state["i"] % 3](rng)
+  def draw(rng, dtype=None):
+    return parts[int(rng.integers(2 if dtype == "int32" else 3))](rng, dtype)
+  draw.dtypes = ALL
   return draw
 
 

@@ -2,6 +2,8 @@
 
     python -m tests.fuzz --valid 200 --invalid 1000 [--seed 0] [--log FILE]
 
+Conv2DBackpropInput, then every function of the family (tests/family.py):
+
 valid:   random valid configurations agree with the float64 reference
          within the per-dtype tolerance, with the right shape and dtype
          (nine in ten have work to do; the share and the classes drawn
@@ -21,8 +23,10 @@ import jax
 from hypothesis import HealthCheck, given, seed, settings
 
 from tests.helpers import assert_close, run_op, run_reference
-from tests.strategies import (ARG_NAMES, has_work, invalid_calls, raw_kwargs,
-                              valid_configs)
+from tests import family
+from tests.strategies import (ARG_NAMES, FAMILY_ARGS, family_calls,
+                              family_invalid_calls, has_work, invalid_calls,
+                              raw_kwargs, valid_configs)
 
 import jaxconv
 
@@ -43,6 +47,25 @@ def check_invalid(kw, what) -> None:
     assert any(name in message for name in ARG_NAMES), (what, message)
     return
   raise AssertionError(f"no error for an invalid {what}: {kw}")
+
+
+def check_family_valid(case) -> None:
+  out = family.run(case.fn, case.kwargs, case.arrays, case.cfg["dtype"])
+  assert str(out.dtype) == case.cfg["dtype"], (out.dtype, case.fn)
+  assert_close(out, family.reference_result(case.cfg, case.kwargs,
+                                            case.arrays),
+               case.cfg["dtype"], (case.fn, case.cfg))
+
+
+def check_family_invalid(case, kw, what) -> None:
+  try:
+    family.run(case.fn, kw, case.arrays, case.cfg["dtype"])
+  except (ValueError, TypeError) as e:
+    message = str(e)
+    assert any(name.strip("_") in message.replace("`", "")
+               for name in FAMILY_ARGS + ARG_NAMES), (case.fn, what, message)
+    return
+  raise AssertionError(f"no error for an invalid {what} of {case.fn}: {kw}")
 
 
 def _describe(kw):
@@ -79,10 +102,32 @@ def run(valid: int, invalid: int, seed_value: int, log_path: str | None) -> int:
     check_invalid(kw, what)
     counts["invalid"] += 1
 
+  @seed(seed_value)
+  @settings(max_examples=valid, **common)
+  @given(family_calls())
+  def family_valid_campaign(case):
+    if log:
+      log.write(f"family valid {case.fn} {case.cfg}\n")
+    check_family_valid(case)
+    counts["family valid"] += 1
+
+  @seed(seed_value)
+  @settings(max_examples=invalid, **common)
+  @given(family_invalid_calls())
+  def family_invalid_campaign(args):
+    case, kw, what = args
+    if log:
+      log.write(f"family invalid {case.fn} {what} {_describe(kw)}\n")
+    check_family_invalid(case, kw, what)
+    counts["family invalid"] += 1
+
+  counts.update({"family valid": 0, "family invalid": 0})
+  campaigns = (("valid", valid_campaign), ("invalid", invalid_campaign),
+               ("family valid", family_valid_campaign),
+               ("family invalid", family_invalid_campaign))
   failed = 0
-  for name, campaign in (("valid", valid_campaign),
-                         ("invalid", invalid_campaign)):
-    if not (valid if name == "valid" else invalid):
+  for name, campaign in campaigns:
+    if not (invalid if name.endswith("invalid") else valid):
       continue
     try:
       campaign()
@@ -94,7 +139,7 @@ def run(valid: int, invalid: int, seed_value: int, log_path: str | None) -> int:
       share = counts["with work"] / max(counts["valid"], 1)
       print(f"fuzz valid: {counts['with work']} with work ({share:.0%}), "
             f"{counts['valid'] - counts['with work']} empty; {classes}")
-  print(f"fuzz: {2 - failed} passed, {failed} failed")
+  print(f"fuzz: {len(campaigns) - failed} passed, {failed} failed")
   return 1 if failed else 0
 
 

@@ -189,3 +189,84 @@ def invalid_calls(draw):
       kw["out_backprop"] = dy.astype(np.float64 if dy.dtype != np.float64
                                      else np.float32)
   return kw, what
+
+
+# --- the whole family (tests/family.py's calls) -----------------------------
+
+FAMILY_ARGS = ("input_sizes", "filter_sizes", "output_shape", "input", "filter",
+               "filters", "value", "out_backprop", "strides", "dilations",
+               "padding", "explicit_paddings", "data_format", "rate")
+
+
+@st.composite
+def family_calls(draw, names=None):
+  """A valid call of any function of the family (a tests/family.py Case)."""
+  from tests import family
+  name = draw(st.sampled_from(names or sorted(family.OPS)))
+  return family.OPS[name][1](np.random.default_rng(draw(st.integers(0, 2**32))))
+
+
+def _bad_tensor(draw, value, case):
+  """An array argument made invalid: rank, dtype or kind."""
+  shape = value["$zeros"] if isinstance(value, dict) else (
+      case.arrays[value[1:]].shape)
+  how = draw(st.sampled_from(["rank", "dtype", "kind"]))
+  if how == "rank":
+    return np.zeros((*shape, 1) if draw(st.booleans()) else shape[1:],
+                    np.float32)
+  if how == "dtype":
+    return np.zeros(shape, draw(st.sampled_from([np.complex64, np.bool_,
+                                                  np.uint8, np.int64])))
+  return draw(st.sampled_from([None, "w", [["a"]], object()]))
+
+
+@st.composite
+def family_invalid_calls(draw):
+  """(case, argument): a valid family call with one always-invalid argument
+  (every argument the function has: sizes, tensors, windows, paddings,
+  formats, the atrous rate)."""
+  case = draw(family_calls())
+  kw = dict(case.kwargs)
+  key = draw(st.sampled_from(sorted(kw)))
+  value = kw[key]
+  if isinstance(value, dict) or (isinstance(value, str) and
+                                 value.startswith("$")):
+    kw[key] = _bad_tensor(draw, value, case)
+  elif key in ("strides", "dilations"):
+    if isinstance(value, int):
+      kw[key] = draw(st.sampled_from([0, -1, -2**40, "2", 2.5]))
+    else:
+      values = list(value)
+      how = draw(st.sampled_from(["entry", "length", "kind"]))
+      if how == "entry":
+        values[draw(st.integers(0, len(values) - 1))] = draw(
+            st.sampled_from([0, -1, -2**40]))
+      elif how == "length":  # longer than N + 2 for every rank
+        values = values + [1] * 5
+      else:
+        values[draw(st.integers(0, len(values) - 1))] = draw(
+            st.sampled_from(["1", 1.5, None, [1]]))
+      kw[key] = values
+  elif key == "padding":
+    kw[key] = draw(st.sampled_from(["same", "FULL", "", 1, b"SAME", ["SAME"]]))
+  elif key == "explicit_paddings":
+    kw[key] = draw(st.sampled_from([[0, 0, 1], [-1] * 8, [-1] * 10, ["1"]]))
+  elif key == "data_format":
+    kw[key] = draw(st.sampled_from(["NWHC", "nhwc", "", "NCDHWX", 4]))
+  elif key in ("input_sizes", "filter_sizes", "output_shape"):
+    values = list(value)
+    how = draw(st.sampled_from(["negative", "huge", "length", "kind"]))
+    if how == "negative":
+      values[draw(st.integers(0, len(values) - 1))] = -1
+    elif how == "huge":
+      values[draw(st.integers(0, len(values) - 1))] = 2**40
+    elif how == "length":
+      values = values * 3
+    else:
+      values = draw(st.sampled_from(["8,8", 3.0, None]))
+    kw[key] = values
+  elif key == "rate":
+    kw[key] = draw(st.sampled_from([0, -1, 1.5, "2", None]))
+  else:
+    raise AssertionError(f"no invalid value for {key}")
+  return case, kw, key

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import export
+from jax.extend import core as jax_core
 from jax.test_util import check_grads
 
 from jaxconv import reference
@@ -210,3 +211,164 @@ def test_symbolic_batch_export_round_trip_in_a_fresh_process(tmp_path):
       got = np.load(tmp_path / f"{name}.{n}.npy")
       np.testing.assert_allclose(got, manifest[name][str(n)], rtol=1e-5,
                                  atol=1e-5, err_msg=name)
+
+
+FAMILY = {"conv_backprop_input", "conv_forward", "conv_backprop_filter"}
+
+
+def _primitives(jaxpr):
+  """Names of every primitive in a closed jaxpr, sub-jaxprs included."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      names |= _primitives(sub)
+  return names
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_stay_in_the_family(name):
+  # First- and second-order gradients are the op's partner convolutions
+  # (and the op): JAX never transposes a lax convolution, which XLA would
+  # turn into a slow window-reversed one.
+  case, = _cases(name, 1, seed=500 + NAMES.index(name), dtype="float32",
+                 nonempty=True)
+  f, tensors = _as_function(case)
+  argnums = tuple(range(len(tensors)))
+  g1 = jax.grad(lambda *t: jnp.sum(jnp.sin(f(*t))), argnums=argnums)
+  g2 = jax.grad(lambda *t: sum(jnp.sum(g ** 2) for g in g1(*t)),
+                argnums=argnums)
+  for g in (g1, g2):
+    prims = _primitives(jax.make_jaxpr(g)(*tensors).jaxpr)
+    assert "conv_general_dilated" not in prims
+    assert FAMILY <= prims, prims
+
+
+F32 = np.float32
+C3BI = dict(input_sizes=[1, 4, 4, 4, 2], filter=np.ones((2, 2, 2, 2, 3), F32),
+            out_backprop=np.ones((1, 4, 4, 4, 3), F32),
+            strides=[1, 1, 1, 1, 1], padding="SAME")
+C2BF = dict(input=np.ones((1, 4, 4, 2), F32), filter_sizes=[2, 2, 2, 3],
+            out_backprop=np.ones((1, 4, 4, 3), F32), strides=[1, 1, 1, 1],
+            padding="SAME")
+DWBI = dict(input_sizes=[1, 4, 4, 2], filter=np.ones((2, 2, 2, 3), F32),
+            out_backprop=np.ones((1, 4, 4, 6), F32), strides=[1, 1, 1, 1],
+            padding="SAME")
+DWBF = dict(input=np.ones((1, 4, 4, 2), F32), filter_sizes=[2, 2, 2, 3],
+            out_backprop=np.ones((1, 4, 4, 6), F32), strides=[1, 1, 1, 1],
+            padding="SAME")
+
+
+def _op(name, base, **overrides):
+  return lambda: family.function(name)(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("call, error, message", [
+    # Only Conv2DBackpropInput (and what is built on it) takes int32.
+    (_op("raw_ops.Conv3DBackpropInputV2", C3BI,
+         filter=np.ones((2, 2, 2, 2, 3), np.int32),
+         out_backprop=np.ones((1, 4, 4, 4, 3), np.int32)),
+     TypeError, "filter has dtype int32; expected one of"),
+    (_op("raw_ops.Conv2DBackpropFilter", C2BF,
+         input=np.ones((1, 4, 4, 2), np.int32)),
+     TypeError, "input has dtype int32"),
+    # The 3-D ops have no EXPLICIT padding (and no explicit_paddings).
+    (_op("raw_ops.Conv3DBackpropInputV2", C3BI, padding="EXPLICIT"),
+     ValueError, r"padding must be one of \('SAME', 'VALID'\)"),
+    (_op("raw_ops.Conv3DBackpropInputV2", C3BI, explicit_paddings=[0] * 10),
+     TypeError, "explicit_paddings"),
+    (_op("raw_ops.Conv3DBackpropInputV2", C3BI, strides=[1, 1, 1, 1]),
+     ValueError, "strides must have 5 entries"),
+    (_op("raw_ops.Conv3DBackpropInputV2", C3BI, input_sizes=[4, 4, 4]),
+     ValueError, "input_sizes must have 5 entries"),
+    # TF's depthwise checks.
+    (_op("raw_ops.DepthwiseConv2dNativeBackpropInput", DWBI,
+         input_sizes=[1, 4, 4, 3]),
+     ValueError, "input and filter must have the same in_depth"),
+    (_op("raw_ops.DepthwiseConv2dNativeBackpropInput", DWBI,
+         out_backprop=np.ones((1, 4, 4, 5), F32)),
+     ValueError, r"depth_multiplier \* in_depth not equal to out_depth"),
+    (_op("raw_ops.DepthwiseConv2dNativeBackpropFilter", DWBF,
+         filter_sizes=[2, 2, 3, 2]),
+     ValueError, "input and filter must have the same in_depth"),
+    # Filter gradients: filter_sizes against input and out_backprop.
+    (_op("raw_ops.Conv2DBackpropFilter", C2BF, filter_sizes=[2, 2, 2, 4]),
+     ValueError, "filter and out_backprop must have the same out_depth"),
+    (_op("raw_ops.Conv2DBackpropFilter", C2BF, filter_sizes=[2, 2, 3, 3]),
+     ValueError, "input depth must be evenly divisible by filter depth"),
+    (_op("raw_ops.Conv2DBackpropFilter", C2BF, filter_sizes=[2, 2, 2]),
+     ValueError, "filter_sizes must have 4 entries"),
+    (_op("raw_ops.Conv2DBackpropFilter", C2BF,
+         out_backprop=np.ones((2, 4, 4, 3), F32)),
+     ValueError, "same batch size"),
+    (_op("raw_ops.Conv2DBackpropFilter", C2BF,
+         out_backprop=np.ones((1, 3, 4, 3), F32)),
+     ValueError, "Size of out_backprop doesn't match computed"),
+    # V2/v1: the shape tensor's dtype must match.
+    (_op("raw_ops.Conv2DBackpropFilterV2", {
+        k: v for k, v in C2BF.items() if k != "filter_sizes"},
+        filter=np.zeros((2, 2, 2, 3), np.float64)),
+     TypeError, "Input 'filter' has type float64 that does not match"),
+    (_op("raw_ops.Conv3DBackpropInput", {
+        k: v for k, v in C3BI.items() if k != "input_sizes"},
+        input=np.zeros((1, 4, 4, 4, 2), F32), data_format="NCDHW"),
+     TypeError, "data_format"),
+    # tf.nn / compat.v1 wrappers.
+    (lambda: family.function("nn.conv2d_transpose")(
+        np.ones((1, 4, 4, 3), F32), np.ones((2, 2, 2, 3), F32), [1, 4, 4, 2],
+        [1, 1, 1]), ValueError, "strides should be of length 1, 2 or 4"),
+    (lambda: family.function("nn.conv2d_transpose")(
+        np.ones((1, 4, 4, 3), F32), np.ones((2, 2, 2, 3), F32), [1, 4, 4, 2],
+        1, padding="EXPLICIT"), ValueError, "'EXPLICIT' is not a valid value"),
+    (lambda: family.function("nn.conv2d_transpose")(
+        np.ones((1, 4, 4, 3), F32), np.ones((2, 2, 2, 3), F32), [1, 4, 4, 2],
+        1, padding=[[0, 0], [1, 1], [1, 1]]),
+     ValueError, "it must be of size 4"),
+    (lambda: family.function("nn.conv_transpose")(
+        np.ones((1, 4, 4, 3), F32), np.ones((2, 2, 2, 3), F32),
+        [1, 4, 4, 4, 4, 2], 1), ValueError, "must be of length 3, 4 or 5"),
+    (lambda: family.function("nn.conv1d_transpose")(
+        np.ones((1, 4, 3), F32), np.ones((2, 2, 3), F32), [1, 4, 2], 1,
+        data_format="NHWC"), ValueError, "must be 'NWC' or 'NCW'"),
+    (lambda: family.function("nn.conv3d_transpose")(
+        np.ones((1, 4, 4, 4, 3), F32), np.ones((2, 2, 2, 2, 3), F32),
+        [1, 4, 4, 4, 2], 1, padding=[[0, 0]] * 5),
+     ValueError, "padding must be one of"),
+    (lambda: family.function("nn.atrous_conv2d_transpose")(
+        np.ones((1, 4, 4, 3), F32), np.ones((2, 2, 2, 3), F32), [1, 4, 4, 2],
+        0, "SAME"), ValueError, "`rate` cannot be less than one"),
+    (lambda: family.function("nn.atrous_conv2d_transpose")(
+        np.ones((1, 4, 4, 3), F32), np.ones((2, 2, 2, 3), F32), [1, 4, 4, 2],
+        2, "FULL"), ValueError, "`padding` must be either 'VALID' or 'SAME'"),
+    (lambda: family.function("compat.v1.nn.conv2d_transpose")(
+        np.ones((1, 4, 4, 3), F32), np.ones((2, 2, 2, 3), F32), [1, 4, 4, 2],
+        input=np.ones((1, 4, 4, 3), F32)),
+     ValueError, "Cannot specify both 'input' and 'value'"),
+    (lambda: family.function("compat.v1.nn.conv3d_transpose")(
+        np.ones((1, 4, 4, 4, 3), F32), np.ones((2, 2, 2, 2, 3), F32),
+        [1, 4, 4, 4, 2], 1, filters=np.ones((2, 2, 2, 2, 3), F32)),
+     ValueError, "Cannot specify both 'filters' and 'filter'"),
+    # Static sizes: a traced filter_sizes is refused with the fix.
+    (lambda: jax.jit(lambda s: family.function("raw_ops.Conv2DBackpropFilter")(
+        **{**C2BF, "filter_sizes": s}))(np.array([2, 2, 2, 3])),
+     TypeError, "filter_sizes must be static"),
+])
+def test_tf_checks(call, error, message):
+  with pytest.raises(error, match=message):
+    call()
+
+
+def test_shape_tensors_may_be_traced():
+  # V2/v1 ops read only the shape of their input/filter tensor.
+  f = jax.jit(lambda x, dy: family.function("raw_ops.Conv2DBackpropFilterV2")(
+      input=x, filter=jnp.zeros((2, 2, 2, 3), x.dtype), out_backprop=dy,
+      strides=[1, 1, 1, 1], padding="SAME"))
+  g = jax.jit(lambda x: family.function("raw_ops.Conv3DBackpropInput")(
+      input=x, filter=C3BI["filter"], out_backprop=C3BI["out_backprop"],
+      strides=[1, 1, 1, 1, 1], padding="SAME"))
+  np.testing.assert_allclose(
+      f(C2BF["input"], C2BF["out_backprop"]),
+      family.function("raw_ops.Conv2DBackpropFilter")(**C2BF))
+  np.testing.assert_allclose(
+      g(jnp.zeros((1, 4, 4, 4, 2), F32)),
+      family.function("raw_ops.Conv3DBackpropInputV2")(**C3BI))

@@ -1,36 +1,87 @@
-"""Agreement with golden data recorded from TensorFlow 2.21 (tests/golden/)."""
+"""Agreement with golden data recorded from TensorFlow 2.21 (tests/golden/):
+every raw op, tf.nn and tf.compat.v1.nn function of the family, replayed
+through jaxconv (no TF here).  Re-record with tests/golden/record.py."""
+import collections
 import json
 import pathlib
 
 import numpy as np
 import pytest
 
-from tests.helpers import assert_close, run_op
+from tests import family
+from tests.helpers import assert_close
 
-GOLDEN = np.load(pathlib.Path(__file__).parent / "golden" /
-                 "tf_conv2d_backprop_input.npz")
-COUNT = sum(k.startswith("cfg_") for k in GOLDEN.files)
+GOLDEN = np.load(pathlib.Path(__file__).parent / "golden" / "tf_family.npz")
+CALLS = [json.loads(str(GOLDEN[f"call_{i}"]))
+         for i in range(sum(k.startswith("call_") for k in GOLDEN.files))]
+BY_FN = collections.defaultdict(list)
+for _call in CALLS:
+  BY_FN[_call["fn"]].append(_call)
+
+# At least 60 configurations for the 3-D, depthwise and filter-gradient
+# ops, 20 for the others.
+MANY = ("3D", "3d", "Depthwise", "depthwise", "Filter", "filter")
+# The functions built on Conv2DBackpropInput, which alone takes int32.
+INT32 = {"raw_ops.Conv2DBackpropInput", "nn.conv1d_transpose",
+         "nn.conv2d_transpose", "nn.conv_transpose",
+         "compat.v1.nn.conv2d_backprop_input", "compat.v1.nn.conv2d_transpose",
+         "compat.v1.nn.conv1d_transpose", "compat.v1.nn.conv_transpose"}
 
 
-def test_golden_set_is_broad():
-  cfgs = [json.loads(str(GOLDEN[f"cfg_{i}"])) for i in range(COUNT)]
-  assert COUNT >= 200
-  assert {c["dtype"] for c in cfgs} == {"float16", "bfloat16", "float32",
-                                        "float64", "int32"}
-  assert {c["padding"] for c in cfgs} == {"SAME", "VALID", "EXPLICIT"}
-  assert {c["data_format"] for c in cfgs} == {"NHWC", "NCHW"}
-  assert any(len(c["input_sizes"]) == 2 for c in cfgs)
-  assert any(0 in c["out_backprop_shape"] for c in cfgs)
-  assert any(len(c["input_sizes"]) == 4 and c["filter_shape"][2] !=
-             c["input_sizes"][3 if c["data_format"] == "NHWC" else 1]
-             for c in cfgs)  # grouped / depthwise
+def _arrays(i):
+  prefix = f"{i}."
+  return {k[len(prefix):]: GOLDEN[k] for k in GOLDEN.files
+          if k.startswith(prefix) and k != f"{i}.out"}
 
 
-@pytest.mark.parametrize("i", range(COUNT))
+@pytest.mark.parametrize("name", sorted(family.OPS))
+def test_every_function_is_recorded_broadly(name):
+  calls = BY_FN[name]
+  assert len(calls) >= (60 if any(m in name for m in MANY) else 20)
+  dtypes = {c["dtype"] for c in calls}
+  assert dtypes == set(family.ALL if name in INT32 else family.FLOATS), dtypes
+  assert {c["values"] for c in calls} == {"exact", "generic"}
+  assert {c["cfg"]["padding"] for c in calls} >= {"SAME", "VALID"}
+  kwargs = [c["kwargs"] for c in calls]
+  if "data_format" in family.function(name).__code__.co_varnames:
+    assert {c["cfg"]["data_format"][-1] == "C" for c in calls} == {True,
+                                                                  False}
+  if "atrous" not in name:  # stride 1 by definition
+    assert any(max(c["cfg"]["strides"]) > 1 for c in calls)
+  assert any(max(c["cfg"]["dilations"]) > 1 for c in calls)
+  assert any("padding" in k for k in kwargs)
+
+
+def test_attribute_classes_across_the_family():
+  cfgs = [c["cfg"] for c in CALLS]
+  assert any(c["padding"] == "EXPLICIT" for c in cfgs)
+  assert any(0 in c["out_backprop_shape"] for c in cfgs)  # empty
+  assert any(0 in c["input_sizes"] for c in cfgs)
+  assert any(len(c["input_sizes"]) == 2 for c in cfgs)  # spatial-only sizes
+  assert {c["path"] for c in CALLS} >= {"core", "xla", "counterpart:core",
+                                        "counterpart:xla"}
+
+
+def test_explicit_pads_that_crop_are_recorded():
+  def crops(c):
+    cfg = c["cfg"]
+    n, pads = len(cfg["strides"]) - 2, cfg["explicit_paddings"]
+    k = cfg["filter_shape"][:n]
+    d = family.spatial(cfg["dilations"], cfg["data_format"])
+    pairs = family.spatial([pads[2 * i:2 * i + 2] for i in range(n + 2)],
+                           cfg["data_format"]) if pads else []
+    return any(max(p) > (kk - 1) * dd for p, kk, dd in zip(pairs, k, d))
+  crop_fns = {c["fn"] for c in CALLS if crops(c)}
+  assert {"raw_ops.Conv2DBackpropInput", "raw_ops.Conv2DBackpropFilter",
+          "raw_ops.DepthwiseConv2dNativeBackpropInput"} <= crop_fns
+
+
+@pytest.mark.parametrize("i", range(len(CALLS)))
 def test_matches_tensorflow(i):
-  cfg = json.loads(str(GOLDEN[f"cfg_{i}"]))
-  tf_out = GOLDEN[f"out_{i}"].astype(np.float64 if cfg["dtype"] != "int32"
-                                     else np.int32)
-  out = run_op(cfg, GOLDEN[f"filter_{i}"], GOLDEN[f"dy_{i}"])
-  assert str(out.dtype) == cfg["dtype"]
-  assert_close(out, tf_out, cfg["dtype"], (cfg, str(GOLDEN[f"path_{i}"])))
+  call = CALLS[i]
+  dtype = call["dtype"]
+  out = family.run(call["fn"], call["kwargs"], _arrays(i), dtype)
+  assert str(out.dtype) == dtype
+  tf_out = GOLDEN[f"{i}.out"].astype(np.int32 if dtype == "int32"
+                                     else np.float64)
+  assert_close(out, tf_out, dtype, (call["fn"], call["path"], call["cfg"]))

@@ -115,3 +115,18 @@ class CanonicalFormTest(parameterized.TestCase):
     w = rng.standard_normal((3, 2, 6, 5)).astype(np.float32)
     dy = rng.standard_normal((2, 8, 13, 5)).astype(np.float32)
     assert_close(run_op(cfg, w, dy), run_reference(cfg, w, dy), "float32")
+
+  @parameterized.parameters("cuda", "tpu")
+  def test_empty_operands_export_zeros(self, platform):
+    # The canonical lowering's own zeros path (CPU takes another): no
+    # convolution, a zero result of the right shape.
+    def f(w, dy):
+      return jaxconv.conv2d_backprop_input([2, 5, 0, 3], w, dy, [1, 1, 1, 1],
+                                           "SAME")
+    w = jax.ShapeDtypeStruct((3, 3, 3, 4), np.float32)
+    dy = jax.ShapeDtypeStruct((2, 5, 0, 4), np.float32)
+    text = export.export(jax.jit(f), platforms=[platform])(w, dy).mlir_module()
+    self.assertEqual(convolutions(text), [])
+    self.assertRegex(text, r"stablehlo.constant dense<0.000000e\+00>")
+    self.assertIn("-> (tensor<2x5x0x3xf32>", text)
+

@@ -15,10 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxconv
-from jaxconv import cli
+from jaxconv import cli, reference
 from tests import configs, fuzz
 from tests.helpers import assert_close, run_op, run_reference
-from tests.strategies import invalid_calls, valid_configs
+from tests.strategies import (family_calls, family_invalid_calls,
+                              invalid_calls, valid_configs)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 def fast(max_examples):
@@ -38,6 +39,18 @@ def test_property_invalid_calls_raise_named_errors(case):
   fuzz.check_invalid(*case)
 
 
+@fast(60)
+@given(family_calls())
+def test_property_family_calls_match_reference(case):
+  fuzz.check_family_valid(case)
+
+
+@fast(300)
+@given(family_invalid_calls())
+def test_property_family_invalid_calls_raise_named_errors(args):
+  fuzz.check_family_invalid(*args)
+
+
 def _campaign(valid, invalid, seed):
   """Run a campaign in a child process so that an abort is seen, not lost."""
   log = tempfile.NamedTemporaryFile("r", suffix=".log", delete=False)
@@ -54,6 +67,8 @@ def _campaign(valid, invalid, seed):
   assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
   assert f"fuzz valid: {valid} cases ran" in proc.stdout
   assert f"fuzz invalid: {invalid} cases ran" in proc.stdout
+  assert f"fuzz family valid: {valid} cases ran" in proc.stdout
+  assert f"fuzz family invalid: {invalid} cases ran" in proc.stdout
   share = int(proc.stdout.split(" with work (")[1].split("%")[0])
   assert share >= 80, proc.stdout  # examples that do real work
   return proc.stdout
@@ -117,6 +132,144 @@ class TfCrashRegressionTest(parameterized.TestCase):
     rng = np.random.default_rng(0)
     w, dy = rng.standard_normal((2, 2, 3, 2)), rng.standard_normal((2, 2, 3, 1))
     assert_close(run_op(cfg, w, dy), run_reference(cfg, w, dy), "float64")
+
+
+_F32 = np.float32
+_DW_GOOD = dict(input_sizes=[1, 4, 4, 2], filter=np.ones((2, 2, 2, 3), _F32),
+                out_backprop=np.ones((1, 4, 4, 6), _F32), strides=[1, 1, 1, 1],
+                padding="SAME")
+_C2BF_GOOD = dict(input=np.ones((1, 4, 4, 2), _F32), filter_sizes=[2, 2, 2, 3],
+                  out_backprop=np.ones((1, 4, 4, 3), _F32),
+                  strides=[1, 1, 1, 1], padding="SAME")
+_DWBF_GOOD = dict(input=np.ones((1, 4, 4, 2), _F32), filter_sizes=[2, 2, 2, 3],
+                  out_backprop=np.ones((1, 4, 4, 6), _F32),
+                  strides=[1, 1, 1, 1], padding="SAME")
+_C3BI_GOOD = dict(input_sizes=[1, 4, 4, 4, 2],
+                  filter=np.ones((2, 2, 2, 2, 3), _F32),
+                  out_backprop=np.ones((1, 4, 4, 4, 3), _F32),
+                  strides=[1, 1, 1, 1, 1], padding="SAME")
+_C3BF_GOOD = dict(input=np.ones((1, 4, 4, 4, 2), _F32),
+                  filter_sizes=[2, 2, 2, 2, 3],
+                  out_backprop=np.ones((1, 4, 4, 4, 3), _F32),
+                  strides=[1, 1, 1, 1, 1], padding="SAME")
+
+
+def _raw(op, good, **overrides):
+  return lambda: getattr(jaxconv.raw_ops, op)(**{**good, **overrides})
+
+
+class FamilyTfCrashRegressionTest(parameterized.TestCase):
+  """Inputs that kill TF 2.21's process for the family's other ops
+  (../shared/notes/tf-family.md): clean errors, or the right result."""
+
+  @parameterized.named_parameters(
+      # SIGFPE inside tf.function: a spatial stride of 0 on any 2-D op.
+      ("sigfpe_stride_0_c2bi_v2", _raw("Conv2DBackpropInputV2", {
+          **{k: v for k, v in GOOD.items() if k != "input_sizes"},
+          "input": np.zeros((1, 4, 4, 2), _F32)}, strides=[1, 0, 1, 1])),
+      ("sigfpe_stride_0_dw_input", _raw(
+          "DepthwiseConv2dNativeBackpropInput", _DW_GOOD, strides=[1, 1, 0, 1])),
+      ("sigfpe_stride_0_c2bf", _raw("Conv2DBackpropFilter", _C2BF_GOOD,
+                                    strides=[1, 0, 1, 1])),
+      ("sigfpe_stride_0_dw_filter", _raw(
+          "DepthwiseConv2dNativeBackpropFilter", _DWBF_GOOD,
+          strides=[1, 0, 1, 1])),
+      ("sigfpe_stride_0_conv1d_transpose", lambda: jaxconv.nn.conv1d_transpose(
+          np.ones((1, 4, 3), _F32), np.ones((2, 2, 3), _F32), [1, 4, 2], 0)),
+      ("sigfpe_stride_0_conv2d_transpose", lambda: jaxconv.nn.conv2d_transpose(
+          np.ones((1, 4, 4, 3), _F32), np.ones((2, 2, 2, 3), _F32),
+          [1, 4, 4, 2], [1, 0])),
+      # SIGFPE: filter_sizes in-depth 0 (Conv2DBackpropFilter, depthwise).
+      ("sigfpe_filter_sizes_in_depth_0_c2bf", _raw(
+          "Conv2DBackpropFilter", _C2BF_GOOD, filter_sizes=[2, 2, 0, 3])),
+      ("sigfpe_filter_sizes_in_depth_0_dw", _raw(
+          "DepthwiseConv2dNativeBackpropFilter", _DWBF_GOOD,
+          filter_sizes=[2, 2, 0, 3])),
+      # SIGFPE under XLA: in-depth 0 in the sizes or the filter (3-D).
+      ("sigfpe_in_depth_0_sizes_c3bi", _raw(
+          "Conv3DBackpropInputV2", _C3BI_GOOD, input_sizes=[1, 4, 4, 4, 0])),
+      ("sigfpe_in_depth_0_filter_c3bi", _raw(
+          "Conv3DBackpropInputV2", _C3BI_GOOD,
+          filter=np.ones((2, 2, 2, 0, 3), _F32))),
+      # SIGABRT (oneDNN CHECK): malformed input_sizes of DW and 3-D ops.
+      ("sigabrt_3_entry_sizes_dw", _raw(
+          "DepthwiseConv2dNativeBackpropInput", _DW_GOOD, input_sizes=[1, 4, 4])),
+      ("sigabrt_negative_sizes_dw", _raw(
+          "DepthwiseConv2dNativeBackpropInput", _DW_GOOD,
+          input_sizes=[1, -4, 4, 2])),
+      ("sigabrt_rank_2_sizes_c3bi", _raw(
+          "Conv3DBackpropInputV2", _C3BI_GOOD,
+          input_sizes=np.ones((5, 1), np.int32))),
+      ("sigabrt_overflowing_sizes_c3bi", _raw(
+          "Conv3DBackpropInputV2", _C3BI_GOOD,
+          input_sizes=[1, 2**40, 4, 4, 2])),
+      ("sigabrt_negative_depth_c3bi", _raw(
+          "Conv3DBackpropInputV2", _C3BI_GOOD, input_sizes=[1, 4, 4, 4, -2])),
+      # SIGABRT (oneDNN): 3 strides on 2-D ops; rank-3 input/dy.
+      ("sigabrt_3_strides_c2bf", _raw("Conv2DBackpropFilter", _C2BF_GOOD,
+                                      strides=[1, 1, 1])),
+      ("sigabrt_3_strides_dw_input", _raw(
+          "DepthwiseConv2dNativeBackpropInput", _DW_GOOD, strides=[1, 1, 1])),
+      ("sigabrt_rank_3_input_c2bf", _raw(
+          "Conv2DBackpropFilter", _C2BF_GOOD, input=np.ones((4, 4, 2), _F32))),
+      ("sigabrt_rank_3_dy_dw_filter", _raw(
+          "DepthwiseConv2dNativeBackpropFilter", _DWBF_GOOD,
+          out_backprop=np.ones((4, 4, 6), _F32))),
+  )
+  def test_clean_error(self, call):
+    with self.assertRaises((ValueError, TypeError)):
+      call()
+
+  @parameterized.named_parameters(
+      # SIGSEGV (core, eager): an empty out_backprop with stride > 1.
+      ("sigsegv_empty_dy_stride_2_c3bi", "Conv3DBackpropInputV2",
+       dict(input_sizes=[1, 0, 4, 4, 2], filter=np.ones((2, 2, 2, 2, 3), _F32),
+            out_backprop=np.ones((1, 0, 2, 2, 3), _F32),
+            strides=[1, 2, 2, 2, 1], padding="SAME"), (1, 0, 4, 4, 2)),
+      ("sigsegv_empty_dy_stride_2_c3bf", "Conv3DBackpropFilterV2",
+       dict(input=np.ones((1, 0, 4, 4, 2), _F32), filter_sizes=[2, 2, 2, 2, 3],
+            out_backprop=np.ones((1, 0, 2, 2, 3), _F32),
+            strides=[1, 2, 2, 2, 1], padding="SAME"), (2, 2, 2, 2, 3)),
+      ("sigsegv_empty_dy_width_stride_2_c2bf", "Conv2DBackpropFilter",
+       dict(input=np.ones((1, 4, 0, 2), _F32), filter_sizes=[2, 2, 2, 3],
+            out_backprop=np.ones((1, 4, 0, 3), _F32), strides=[1, 1, 2, 1],
+            padding="SAME"), (2, 2, 2, 3)),
+      # TF's core filter gradients return uninitialised memory for an
+      # empty input or out_backprop (seen: 1e16 to 1e36 where it is 0).
+      ("garbage_empty_input_dw_filter", "DepthwiseConv2dNativeBackpropFilter",
+       dict(input=np.ones((3, 0, 6, 3), _F32), filter_sizes=[1, 4, 3, 1],
+            out_backprop=np.ones((3, 0, 6, 3), _F32), strides=[1, 1, 1, 1],
+            padding="SAME"), (1, 4, 3, 1)),
+      ("garbage_empty_dy_dw_filter", "DepthwiseConv2dNativeBackpropFilter",
+       dict(input=np.ones((1, 1, 8, 4), _F32), filter_sizes=[2, 4, 4, 2],
+            out_backprop=np.ones((1, 0, 5, 8), _F32), strides=[1, 1, 1, 1],
+            padding="VALID"), (2, 4, 4, 2)),
+      ("garbage_empty_dy_3d_filter", "Conv3DBackpropFilterV2",
+       dict(input=np.ones((2, 2, 3, 3, 2), _F32), filter_sizes=[3, 1, 2, 2, 1],
+            out_backprop=np.ones((2, 0, 3, 2, 1), _F32),
+            strides=[1, 1, 1, 1, 1], padding="VALID"), (3, 1, 2, 2, 1)),
+  )
+  def test_empty_gives_zeros(self, op, kwargs, shape):
+    out = getattr(jaxconv.raw_ops, op)(**kwargs)
+    self.assertEqual(out.shape, shape)
+    np.testing.assert_array_equal(out, 0)
+
+  @parameterized.parameters("Conv2DBackpropInput", "Conv3DBackpropInputV2")
+  def test_stride_2_31_minus_1_is_computed(self, op):
+    # oneDNN SIGSEGV; here the exact result, promptly (the stride-phase
+    # strategies see the equivalent stride).
+    s, n = 2**31 - 1, 2 if op == "Conv2DBackpropInput" else 3
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((*[3] * n, 2, 4))
+    dy = rng.standard_normal((1, *[1] * n, 4))
+    sizes = [1, 4, 5, 3][:n + 1] + [2]
+    out = getattr(jaxconv.raw_ops, op)(
+        input_sizes=sizes, filter=w, out_backprop=dy, strides=[1, *[s] * n, 1],
+        padding="SAME")
+    want = reference.raw_backprop_input(sizes, w, dy, strides=[1, *[s] * n, 1],
+                                        padding="SAME",
+                                        data_format="NHWC" if n == 2 else "NDHWC")
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
 class ResourceTest(parameterized.TestCase):

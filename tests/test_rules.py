@@ -264,22 +264,48 @@ class NestedBatchingTest(parameterized.TestCase):
     self.assertNotIn("scan", prims)
 
 
-def test_batched_filters_of_a_depthwise_op_stay_depthwise():
+@pytest.mark.parametrize("channels, groups, in_depth", [
+    (4, 12, 1), (2, 6, 1),  # depthwise, C = 4 and 2: b * C groups
+    (1, 1, 3),              # one channel, one group: stacked in-depth
+])
+def test_batched_filters_of_a_depthwise_op_stay_depthwise(channels, groups,
+                                                          in_depth):
   # One call with b * C groups of in-depth 1 (the depthwise strategy), not
-  # the in-depth stack of ungrouped ops (which would make it grouped).
+  # the in-depth stack of ungrouped ops (which would make it grouped); an
+  # ungrouped op's filters stack on the in-depth.
   rng = np.random.default_rng(5)
-  ws = rng.standard_normal((3, 3, 2, 1, 4))  # 3 filters, depthwise, C = 4
-  dy = rng.standard_normal((2, 4, 3, 4))
-  op = lambda w, dy: jaxconv.conv2d_backprop_input([2, 7, 5, 4], w, dy,
-                                                   [1, 2, 2, 1], "SAME")
+  ws = rng.standard_normal((3, 3, 2, 1, channels))  # 3 filters
+  dy = rng.standard_normal((2, 4, 3, channels))
+  sizes = [2, 7, 5, channels]
+  op = lambda w, dy: jaxconv.conv2d_backprop_input(sizes, w, dy, [1, 2, 2, 1],
+                                                   "SAME")
   jaxpr = jax.make_jaxpr(jax.vmap(op, in_axes=(0, None)))(ws, dy)
   calls = [e for e in jaxpr.eqns if e.primitive.name == "conv_backprop_input"]
   assert len(calls) == 1
-  assert calls[0].params["spec"].groups == 12
-  assert calls[0].invars[0].aval.shape[2] == 1
+  assert calls[0].params["spec"].groups == groups
+  assert calls[0].invars[0].aval.shape[2] == in_depth
   got = jax.jit(jax.vmap(op, in_axes=(0, None)))(ws, dy)
   for i in range(3):
     np.testing.assert_allclose(got[i], run_reference(
-        dict(input_sizes=[2, 7, 5, 4], strides=[1, 2, 2, 1], padding="SAME",
+        dict(input_sizes=sizes, strides=[1, 2, 2, 1], padding="SAME",
              explicit_paddings=[], data_format="NHWC", dilations=[1, 1, 1, 1]),
         ws[i], dy), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+def test_batched_filters_of_a_grouped_op(fmt):
+  # Filters batched alone, 2 groups of 2 channels: the in-depth stack with
+  # the batch moved out of each group, in either layout.
+  rng = np.random.default_rng(6)
+  ws = rng.standard_normal((3, 3, 2, 2, 6))  # 3 filters
+  sizes = [2, 7, 5, 4] if fmt == "NHWC" else [2, 4, 7, 5]
+  dy = rng.standard_normal((2, 4, 3, 6) if fmt == "NHWC" else (2, 6, 4, 3))
+  strides = [1, 2, 2, 1] if fmt == "NHWC" else [1, 1, 2, 2]
+  cfg = dict(input_sizes=sizes, strides=strides, padding="SAME",
+             explicit_paddings=[], data_format=fmt, dilations=[1, 1, 1, 1])
+  op = lambda w, dy: jaxconv.conv2d_backprop_input(sizes, w, dy, strides,
+                                                   "SAME", data_format=fmt)
+  got = jax.jit(jax.vmap(op, in_axes=(0, None)))(ws, dy)
+  for i in range(3):
+    np.testing.assert_allclose(got[i], run_reference(cfg, ws[i], dy),
+                               rtol=1e-12, atol=1e-12)
