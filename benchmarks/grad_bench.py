@@ -2,7 +2,8 @@
 
     python benchmarks/grad_bench.py [--quick] [--json out.json]
 
-For each layer: d/d(out_backprop) through the op (a forward conv inside)
+For each layer (2-D, 3-D and 1-D, through `jaxconv.nn.conv_transpose`):
+d/d(out_backprop) through the op (a forward conv inside)
 vs `lax.conv_general_dilated` itself; d/d(filter) through the op vs JAX's
 filter gradient of that forward conv; and a vmapped batch of B filters vs
 one call (the vmapped batch should cost about B single calls' FLOPs in ONE
@@ -28,13 +29,18 @@ import jaxconv  # noqa: E402
 from benchmarks.timing import (interleaved_medians, progress,  # noqa: E402
                                steady_allocator)
 
-# name: (input NHWC, filter HWIO, stride)
+# name: (input channels-last, filter [*K, C/groups, C_out], stride)
 LAYERS = {
     "unet-up s2 64x64 64<-128 k3 N8": ((8, 64, 64, 64), (3, 3, 64, 128), 2),
     "dcgan s2 32x32 128<-256 k5 N16": ((16, 32, 32, 128), (5, 5, 128, 256), 2),
     "dense s1 56x56 64->64 k3 N8": ((8, 56, 56, 64), (3, 3, 64, 64), 1),
     "grouped g32 s1 28x28 256 k3 N8": ((8, 28, 28, 256), (3, 3, 8, 256), 1),
     "depthwise s2 56x56 128 k3 N8": ((8, 56, 56, 128), (3, 3, 1, 128), 2),
+    "3d unet-up s2 32^3 32<-64 k3 N1": ((1, 32, 32, 32, 32), (3, 3, 3, 32, 64),
+                                        2),
+    "3d dense s1 24^3 32 k3 N1": ((1, 24, 24, 24, 32), (3, 3, 3, 32, 32), 1),
+    "1d k16 s8 8192 128<-256 N4": ((4, 8192, 128), (16, 128, 256), 8),
+    "1d k4 s2 4096 64 N8": ((8, 4096, 64), (4, 64, 64), 2),
 }
 
 
@@ -42,14 +48,15 @@ def bench_layer(x_shape, w_shape, stride, reps, vmap_b):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
   w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
-  s = (stride, stride)
-  dn = ("NHWC", "HWIO", "NHWC")
+  n = len(x_shape) - 2
+  s = (stride,) * n
+  fmt = {1: "NWC", 2: "NHWC", 3: "NDHWC"}[n]
+  dn = (fmt, "DHW"[3 - n:] + "IO", fmt)
   fwd = lambda x, w: lax.conv_general_dilated(
       x, w, s, "SAME", dimension_numbers=dn,
-      feature_group_count=x_shape[3] // w_shape[2])
+      feature_group_count=x_shape[-1] // w_shape[-2])
   dy = fwd(x, w)
-  op = lambda w, dy: jaxconv.conv2d_backprop_input(
-      list(x_shape), w, dy, [1, *s, 1], "SAME")
+  op = lambda w, dy: jaxconv.nn.conv_transpose(dy, w, list(x_shape), stride)
   ct = x  # cotangent of the op's result (input-shaped)
   grad_dy = jax.jit(lambda w, dy, ct: jax.vjp(lambda d: op(w, d), dy)[1](ct)[0])
   grad_w = jax.jit(lambda w, dy, ct: jax.vjp(lambda v: op(v, dy), w)[1](ct)[0])

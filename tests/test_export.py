@@ -46,7 +46,7 @@ class ExportTest(parameterized.TestCase):
     exp = export_layer(SMALL)
     back = export.deserialize(exp.serialize())
     w, dy = _operands(SMALL)
-    np.testing.assert_array_equal(back.call(w, dy), SMALL.op()(w, dy))
+    np.testing.assert_array_equal(back.call(w, dy), SMALL.op_fn()(w, dy))
 
   def test_runs_in_a_process_that_never_imported_jaxconv(self):
     exp = export_layer(SMALL, batch="N")
@@ -125,7 +125,7 @@ class ExportTest(parameterized.TestCase):
     # branch has the reverse feeding the convolution.
     self.assertGreaterEqual(text.count("stablehlo.convolution"), 1)
     w, dy = _operands(SMALL)
-    np.testing.assert_array_equal(exp.call(w, dy), SMALL.op()(w, dy))
+    np.testing.assert_array_equal(exp.call(w, dy), SMALL.op_fn()(w, dy))
 
   @parameterized.parameters(1, 2)
   def test_vjp_artifacts(self, order):
@@ -133,14 +133,14 @@ class ExportTest(parameterized.TestCase):
     back = export.deserialize(exp.serialize(vjp_order=order))
     w, dy = _operands(SMALL)  # batch 3, as SMALL's input_sizes
     loss = lambda f: lambda w, dy: jnp.sum(jnp.sin(f(w, dy)))
-    live = jax.grad(loss(SMALL.op()), argnums=(0, 1))(w, dy)
+    live = jax.grad(loss(SMALL.op_fn()), argnums=(0, 1))(w, dy)
     got = jax.grad(loss(back.call), argnums=(0, 1))(w, dy)
     for a, b in zip(got, live):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     if order == 2:  # reverse over reverse (exported calls are custom_vjp)
       gg = lambda f: jax.grad(lambda w: jnp.sum(
           jax.grad(loss(f))(w, dy) ** 2))(w)
-      np.testing.assert_allclose(gg(back.call), gg(SMALL.op()), rtol=1e-4,
+      np.testing.assert_allclose(gg(back.call), gg(SMALL.op_fn()), rtol=1e-4,
                                  atol=1e-4)
 
   def test_grad_export(self):
@@ -148,8 +148,8 @@ class ExportTest(parameterized.TestCase):
     w, dy = _operands(SMALL, batch=3)
     ct = np.ones((3, 9, 8, 4), np.float32)
     out, d_w, d_dy = exp.call(w, dy, ct)
-    _, vjp = jax.vjp(SMALL.op(), w, dy)
+    _, vjp = jax.vjp(SMALL.op_fn(), w, dy)
     want_w, want_dy = vjp(ct)
     np.testing.assert_allclose(d_w, want_w, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(d_dy, want_dy, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out, SMALL.op()(w, dy), rtol=1e-6)
+    np.testing.assert_allclose(out, SMALL.op_fn()(w, dy), rtol=1e-6)
