@@ -150,15 +150,15 @@ def parse_explicit_paddings(padding: str, explicit_paddings, channels_last: bool
   return tuple(p for i, p in enumerate(pairs) if i not in (0, depth))
 
 
-def check_operands(ndim: int, filt, out_backprop) -> None:
-  """Ranks and matching dtypes of the two array operands."""
-  for name, x in (("filter", filt), ("out_backprop", out_backprop)):
+def check_operands(ndim: int, a, b, names=("filter", "out_backprop")) -> None:
+  """Ranks and matching dtypes of the two array operands (named `names`)."""
+  for name, x in zip(names, (a, b)):
     if x.ndim != ndim + 2:
       raise ValueError(f"{name} must be {ndim + 2}-dimensional, got shape "
                        f"{tuple(x.shape)}")
-  if filt.dtype != out_backprop.dtype:
-    raise TypeError("filter and out_backprop must have the same dtype, got "
-                    f"{filt.dtype} and {out_backprop.dtype}")
+  if a.dtype != b.dtype:
+    raise TypeError(f"{names[0]} and {names[1]} must have the same dtype, got "
+                    f"{a.dtype} and {b.dtype}")
 
 
 def make_spec(ndim: int, input_sizes, filter_shape, batch, strides, padding,

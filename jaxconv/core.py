@@ -58,13 +58,7 @@ def backprop_filter(ndim: int, input, filter_sizes, out_backprop, *,  # noqa: A0
   `[*K, in_depth, multiplier]`)."""
   x = attrs.as_operand(input, "input", FLOATS)
   dy = attrs.as_operand(out_backprop, "out_backprop", FLOATS)
-  for name, a in (("input", x), ("out_backprop", dy)):
-    if a.ndim != ndim + 2:
-      raise ValueError(f"{name} must be {ndim + 2}-dimensional, got shape "
-                       f"{tuple(a.shape)}")
-  if x.dtype != dy.dtype:
-    raise TypeError("input and out_backprop must have the same dtype, got "
-                    f"{x.dtype} and {dy.dtype}")
+  attrs.check_operands(ndim, x, dy, names=("input", "out_backprop"))
   sizes = attrs.parse_sizes(filter_sizes, "filter_sizes", ndim)
   shape = sizes
   if depthwise:

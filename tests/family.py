@@ -323,15 +323,17 @@ def function(name):
   return fn
 
 
-def resolve(kwargs, arrays, dtype):
-  """kwargs with the placeholders replaced by arrays of `dtype`."""
+def resolve(kwargs, arrays, dtype, asarray=None, zeros=None):
+  """kwargs with the placeholders replaced by arrays of `dtype` (made by
+  `asarray(array, dtype)` and `zeros(shape, dtype)`: JAX's by default)."""
   import jax.numpy as jnp
+  asarray, zeros = asarray or jnp.asarray, zeros or jnp.zeros
   out = {}
   for key, value in kwargs.items():
     if isinstance(value, str) and value.startswith("$"):
-      value = jnp.asarray(arrays[value[1:]], dtype)
+      value = asarray(arrays[value[1:]], dtype)
     elif isinstance(value, dict) and "$zeros" in value:
-      value = jnp.zeros(value["$zeros"], dtype)
+      value = zeros(value["$zeros"], dtype)
     out[key] = value
   return out
 

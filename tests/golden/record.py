@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import tensorflow as tf  # noqa: E402
 
-from tests.family import OPS, full_input_shape, spatial  # noqa: E402
+from tests.family import OPS, full_input_shape, resolve, spatial  # noqa: E402
 
 OUT = pathlib.Path(__file__).with_name("tf_family.npz")
 
@@ -91,23 +91,13 @@ def choose_path(case):
   return "xla"
 
 
-def _resolve(kwargs, arrays, tf_dtype):
-  out = {}
-  for k, v in kwargs.items():
-    if isinstance(v, str) and v.startswith("$"):
-      v = tf.constant(arrays[v[1:]], tf_dtype)
-    elif isinstance(v, dict) and "$zeros" in v:
-      v = tf.zeros(v["$zeros"], tf_dtype)
-    out[k] = v
-  return out
-
-
 def run_tf(case, path):
   dtype = case.cfg["dtype"]
   tf_dtype = tf.float32 if dtype in ("float16", "bfloat16") else getattr(
       tf, dtype)
   fn = _tf_function(case.tf_fn)
-  kwargs = _resolve(case.tf_kwargs, case.arrays, tf_dtype)
+  kwargs = resolve(case.tf_kwargs, case.arrays, tf_dtype, tf.constant,
+                   tf.zeros)
   if path == "xla":
     return tf.function(lambda: fn(**kwargs), jit_compile=True)().numpy()
   return fn(**kwargs).numpy()
