@@ -43,7 +43,8 @@ def backprop_input(ndim: int, input_sizes, filter, out_backprop, *,  # noqa: A00
     channels_last = attrs.parse_data_format(data_format, ndim)
     _check_depthwise(sizes[-1 if channels_last else 1], filt.shape,
                      dy.shape[-1 if channels_last else 1], "input_sizes")
-    filt = filt.reshape(*filt.shape[:ndim], 1, -1)
+    filt = filt.reshape(*filt.shape[:ndim], 1,
+                        filt.shape[ndim] * filt.shape[ndim + 1])
   spec = attrs.make_spec(ndim, input_sizes, filt.shape, dy.shape[0], strides,
                          padding, explicit_paddings, data_format, dilations,
                          paddings=paddings, spatial_sizes=spatial_sizes)
