@@ -15,12 +15,8 @@ import time
 
 import numpy as np
 
+from jaxconv.export import OPS
 from lowering.cpu import STRATEGIES
-
-OPS = ("Conv2DBackpropInput", "Conv2DBackpropInputV2", "Conv3DBackpropInput",
-       "Conv3DBackpropInputV2", "DepthwiseConv2dNativeBackpropInput",
-       "Conv2DBackpropFilter", "Conv2DBackpropFilterV2", "Conv3DBackpropFilter",
-       "Conv3DBackpropFilterV2", "DepthwiseConv2dNativeBackpropFilter")
 
 EXAMPLES = """examples:
   jaxconv export
@@ -163,9 +159,7 @@ def _check(config, log) -> float:
   geometry = reference.tf_geometry(config.data_format, config.strides,
                                    config.padding, config.explicit_paddings,
                                    config.dilations)
-  spec, hwio = config.spec(), list(config.filter_sizes)
-  if config.depthwise:
-    hwio = [*hwio[:2], 1, hwio[2] * hwio[3]]
+  spec, hwio = config.spec(), list(config.hwio_filter_sizes)
   if config.filter_gradient:
     ref = reference.backprop_filter(
         operands["input"], operands["out_backprop"], kernel=hwio[:-2],

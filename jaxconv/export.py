@@ -69,11 +69,18 @@ class LayerConfig:
     """The batch (1 for Conv2DBackpropInput's spatial-only input_sizes)."""
     return self.input_sizes[0] if len(self.input_sizes) == self.ndim + 2 else 1
 
+  @property
+  def hwio_filter_sizes(self) -> tuple:
+    """The filter shape as the primitive sees it: `[*K, C/groups, C_out]`
+    (a depthwise `[KH, KW, C, M]` is `[KH, KW, 1, C*M]`)."""
+    filt = tuple(self.filter_sizes)
+    if self.depthwise and len(filt) == 4:
+      return (*filt[:2], 1, filt[2] * filt[3])
+    return filt
+
   def spec(self):
     """The validated ConvSpec (ValueError/TypeError on a bad config)."""
-    filt = list(self.filter_sizes)
-    if self.depthwise and len(filt) == 4:
-      filt = [*filt[:2], 1, filt[2] * filt[3]]
+    filt = list(self.hwio_filter_sizes)
     return attrs.make_spec(
         self.ndim, list(self.input_sizes), filt, self.batch, list(self.strides),
         self.padding, list(self.explicit_paddings), self.data_format,
@@ -106,11 +113,7 @@ class LayerConfig:
   def cpu_strategy(self, symbolic_batch: bool = False) -> tuple[str, str]:
     """(name, measured reason) of the CPU strategy jax.jit picks for this
     layer's backprop-input op (with a symbolic batch it counts one image)."""
-    spec = self.spec()
-    filt = self.filter_sizes
-    if self.depthwise:
-      filt = (*filt[:2], 1, filt[2] * filt[3])
-    return cpu.choose(spec, filt, self.dtype,
+    return cpu.choose(self.spec(), self.hwio_filter_sizes, self.dtype,
                       1 if symbolic_batch else self.batch)
 
   def op_fn(self, batch=None):
