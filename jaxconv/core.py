@@ -1,11 +1,14 @@
 """The family at TF's attribute level, any rank: two entry points.
 
 Every public function (`jaxconv.raw_ops`, `jaxconv.nn`,
-`jaxconv.compat.v1.nn`) is a thin signature layer over one of these:
+`jaxconv.compat.v1.nn`, the tf2jax converters) is a thin signature layer
+over one of these:
 
     backprop_input(...)   -> the conv_backprop_input primitive
     backprop_filter(...)  -> the conv_backprop_filter primitive (the op's
                              partner, jaxconv/partners.py)
+    forward(...)          -> the conv_forward primitive (TF's Conv2D/Conv3D,
+                             for converted gradient graphs)
 
 Both validate TF's attributes in one place (`jaxconv.attrs`) and bind a
 primitive, so jit, vmap, grad of any order, export and sharding work for
@@ -17,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxconv import attrs
-from jaxconv.partners import conv_backprop_filter
+from jaxconv.partners import conv_backprop_filter, conv_forward
 from jaxconv.primitive import (SUPPORTED_DTYPES, check_out_backprop,
                                conv_backprop_input)
 
@@ -73,6 +76,29 @@ def backprop_filter(ndim: int, input, filter_sizes, out_backprop, *,  # noqa: A0
   check_out_backprop(shape, dy.shape, spec)
   out = conv_backprop_filter(x, dy, spec, shape[:ndim])
   return out.reshape(sizes) if depthwise else out
+
+
+def forward(ndim: int, input, filter, *, strides, padding,  # noqa: A002
+            explicit_paddings=(), data_format, dilations,
+            paddings=attrs.PADDINGS, depthwise=False):
+  """TF's N-d forward conv (Conv2D, Conv3D, DepthwiseConv2dNative): `input`
+  `[N, *S, C]`, filter `[*K, C / groups, out_depth]` (depthwise
+  `[*K, C, multiplier]`)."""
+  x = attrs.as_operand(input, "input", FLOATS)
+  filt = attrs.as_operand(filter, "filter", FLOATS)
+  attrs.check_operands(ndim, x, filt, names=("input", "filter"))
+  if depthwise:
+    in_depth = x.shape[-1 if attrs.parse_data_format(data_format, ndim) else 1]
+    _check_depthwise(in_depth, filt.shape, in_depth * filt.shape[-1], "input")
+    filt = filt.reshape(*filt.shape[:ndim], 1,
+                        filt.shape[ndim] * filt.shape[ndim + 1])
+  spec = attrs.make_spec(ndim, list(x.shape), filt.shape, x.shape[0], strides,
+                         padding, explicit_paddings, data_format, dilations,
+                         paddings=paddings, sizes_name="input.shape")
+  out_spatial = spec.out_backprop_spatial(filt.shape[:ndim])
+  check_out_backprop(filt.shape, spec.activation_shape(
+      x.shape[0], filt.shape[-1], out_spatial), spec)  # negative sizes
+  return conv_forward(x, filt, spec)
 
 
 def _check_depthwise(in_depth, filter_shape, dy_depth, sizes_name) -> None:

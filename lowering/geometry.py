@@ -51,6 +51,39 @@ def forward_output_size(size: int, k: int, stride: int, dilation: int,
   return _div_trunc(size + pad[0] + pad[1] - ek + stride, stride)
 
 
+def transposed_output_size(size: int, k: int, stride: int, dilation: int,
+                           padding, output_padding: int | None = None) -> int:
+  """Keras's and PyTorch's output size of a transposed conv (one dim).
+
+  padding: "SAME" or "VALID" (Keras's rule, `output_padding` None or an int)
+  or the forward conv's (before, after) pads (PyTorch's rule).
+  """
+  ek = effective_size(k, dilation)
+  if padding == "VALID":
+    extra = max(ek, stride) - ek if output_padding is None else output_padding
+    return (size - 1) * stride + ek + extra
+  if padding == "SAME":
+    if output_padding is None:
+      return size * stride
+    return (size - 1) * stride + ek % 2 + output_padding
+  before, after = padding
+  return (size - 1) * stride + ek - before - after + (output_padding or 0)
+
+
+def fitting_padding(out_size: int, size: int, k: int, stride: int,
+                    dilation: int, before: int) -> tuple[int, int]:
+  """(after pad, computed size) for a transposed conv whose forward pad
+  before is `before` to give `out_size` from `size` positions.
+
+  The after pad (>= 0) is the one with which TF's size check holds; where
+  even 0 is too much, the op computes the first `computed` positions and
+  the rest get no taps (zeros: the caller pads them).
+  """
+  ek = effective_size(k, dilation)
+  after = max(0, (size - 1) * stride + ek - out_size - before)
+  return after, min(out_size, size * stride - 1 + ek - before - after)
+
+
 def equivalent_stride(size: int, k: int, stride: int, dilation: int,
                       pad: Pair) -> int:
   """The smallest stride with the same windows as `stride`.
