@@ -45,8 +45,8 @@ class ConvTranspose(nnx.Module):
 
   def __call__(self, x, output_shape=None):
     """`x`: `[N, *S, in_features]` (`[N, in_features, *S]` channels first)."""
-    kernel = self.kernel.value
-    bias = None if self.bias is None else self.bias.value
+    kernel = self.kernel[...]
+    bias = None if self.bias is None else self.bias[...]
     dtype = self.dtype or jnp.result_type(
         x, kernel, *(() if bias is None else (bias,)))
     return self.config(
@@ -60,9 +60,9 @@ def _build(ported: porting.Ported, **kwargs) -> ConvTranspose:
   layer = ConvTranspose(ported.in_features, ported.out_features,
                         options.pop("kernel_size"), options.pop("strides"),
                         **options, **kwargs, rngs=nnx.Rngs(0))
-  layer.kernel.value = jnp.asarray(ported.kernel, layer.kernel.value.dtype)
+  layer.kernel.set_value(jnp.asarray(ported.kernel, layer.kernel.dtype))
   if ported.bias is not None:
-    layer.bias.value = jnp.asarray(ported.bias, layer.bias.value.dtype)
+    layer.bias.set_value(jnp.asarray(ported.bias, layer.bias.dtype))
   return layer
 
 
