@@ -7,10 +7,15 @@
     jaxconv.conv2d_backprop_input(...)          # = compat.v1.nn's
     jaxconv.conv2d_backprop_input_p             # the primitive (N-d)
     jaxconv.conv_backprop_filter_p              # its filter-gradient partner
+    jaxconv.tf2jax.convert(...)                 # tf2jax, exact for the family
+    jaxconv.flax.nnx.ConvTranspose(...)         # Flax layers (also linen),
+                                                #   from_keras / from_torch
 
 A call flows: signature layer (raw_ops / nn / compat.v1.nn) -> core.py ->
 attrs.py (validation, one ConvSpec) -> the primitive (primitive.py, its
 partners in partners.py, transforms in rules.py) -> lowering/.
+`jaxconv.tf2jax` and `jaxconv.flax` need their extras and are imported on
+demand.
 """
 from jaxconv import compat, nn, raw_ops, rules  # noqa: F401  (rules registers transforms)
 from jaxconv.compat.v1.nn import conv2d_backprop_input
