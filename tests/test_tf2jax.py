@@ -313,3 +313,43 @@ def test_a_changed_tf2jax_table_fails_loudly(monkeypatch):
   monkeypatch.delattr(ops, "_jax_ops")
   with pytest.raises(RuntimeError, match="converter table is gone"):
     _table.swap({})
+
+
+# --- ops TF builds but cannot run, or no longer builds --------------------
+
+def test_v2_ops_equal_their_counterparts_in_tf():
+  """Conv2DBackpropInputV2/FilterV2 (TF has no kernel for them): converted,
+  they equal TF's Conv2DBackpropInput/Filter on their tensors' shapes."""
+  x, w, dy = _randn(2, 9, 8, 3), _randn(3, 3, 3, 4), _randn(2, 5, 4, 4)
+  window = dict(strides=[1, 2, 2, 1], padding="EXPLICIT",
+                explicit_paddings=[0, 0, 1, 1, 0, 1, 0, 0])
+  for v2, want in (
+      (tf.raw_ops.Conv2DBackpropInputV2, tf.raw_ops.Conv2DBackpropInput(
+          input_sizes=x.shape, filter=w, out_backprop=dy, **window)),
+      (tf.raw_ops.Conv2DBackpropFilterV2, tf.raw_ops.Conv2DBackpropFilter(
+          input=x, filter_sizes=w.shape, out_backprop=dy, **window))):
+    fn = tf.function(_v2_call(v2, window))
+    jax_fn, params = bridge.convert(fn, x, w, dy)
+    _assert_close(jax.jit(jax_fn)(params, x, w, dy)[0], want, v2.__name__)
+
+
+def _v2_call(op, window):
+  return lambda x, w, dy: op(input=x, filter=w, out_backprop=dy, **window)
+
+
+def test_v1_3d_ops_from_their_node_defs():
+  """Conv3DBackpropInput/Filter (v1) are gone from TF's graphs (GraphDef
+  version 10); their converters, fed a NodeDef, equal the V2 ops in TF."""
+  x, w, dy = _randn(2, 5, 4, 6, 3), _randn(2, 3, 3, 3, 4), _randn(2, 3, 4, 3, 4)
+  window = dict(strides=[1, 2, 1, 2, 1], padding="SAME")
+  for op, want in (
+      ("Conv3DBackpropInput", tf.raw_ops.Conv3DBackpropInputV2(
+          input_sizes=x.shape, filter=w, out_backprop=dy, **window)),
+      ("Conv3DBackpropFilter", tf.raw_ops.Conv3DBackpropFilterV2(
+          input=x, filter_sizes=w.shape, out_backprop=dy, **window))):
+    node = tf.compat.v1.NodeDef(name="legacy", op=op)
+    node.attr["T"].type = tf.float32.as_datatype_enum
+    node.attr["strides"].list.i.extend(window["strides"])
+    node.attr["padding"].s = b"SAME"
+    fn = bridge.converters.CONVERTERS[op](node)
+    _assert_close(fn(x, w, dy), want, op)
