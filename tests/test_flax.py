@@ -1,37 +1,19 @@
 """jaxconv.flax against the real Keras 3 (TF backend) and PyTorch layers:
 outputs and input/weight/bias gradients over their hyperparameters; the
 nnx and linen modules; errors."""
-import os
+from tests.integrations import assert_close, randn  # noqa: I001  (first: sets up Keras)
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+from flax import nnx
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import torch  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from jaxconv.flax import ConvTransposeConfig  # noqa: E402
-from jaxconv.flax import linen as jlinen  # noqa: E402
-from jaxconv.flax import nnx as jnnx  # noqa: E402
-
-RNG = np.random.default_rng(0)
-
-
-def _randn(*shape):
-  return RNG.standard_normal(shape).astype(np.float32)
-
-
-def _assert_close(got, want, what=""):
-  got, want = np.asarray(got), np.asarray(want)
-  assert got.shape == want.shape, (what, got.shape, want.shape)
-  scale = max(1.0, float(np.abs(want).max(initial=0)))
-  np.testing.assert_allclose(got, want, rtol=2e-5, atol=3e-5 * scale,
-                             err_msg=what)
+from jaxconv.flax import ConvTransposeConfig
+from jaxconv.flax import linen as jlinen
+from jaxconv.flax import nnx as jnnx
 
 
 def _loss(layer_fn):
@@ -40,7 +22,7 @@ def _loss(layer_fn):
 
 
 def _ours_with_grads(module, x, output_shape=None):
-  """nnx and linen outputs (must agree) and d/d(x, kernel, bias)."""
+  """The nnx module's output and d/d(x, kernel, bias) of sum(sin(y))."""
   config = module.config
   kernel, bias = module.kernel[...], module.bias[...]
   y = module(x, output_shape) if output_shape is not None else module(x)
@@ -77,7 +59,7 @@ def test_from_keras_matches_keras(case):
                        data_format=data_format, bias_initializer="random_normal")
   shape = (2, *_SPATIAL[rank], 3) if data_format == "channels_last" else (
       2, 3, *_SPATIAL[rank])
-  x = _randn(*shape)
+  x = randn(*shape)
   x_t = tf.constant(x)
   with tf.GradientTape() as tape:
     tape.watch(x_t)
@@ -87,11 +69,11 @@ def test_from_keras_matches_keras(case):
 
   module = jnnx.from_keras(layer)
   y, grads = _ours_with_grads(module, x)
-  _assert_close(y, want, "output")
+  assert_close(y, want, "output")
   for name, g, w in zip(("x", "kernel", "bias"), grads, want_grads):
-    _assert_close(g, w, f"d/d{name}")
+    assert_close(g, w, f"d/d{name}")
   linen_module, variables = jlinen.from_keras(layer)
-  _assert_close(linen_module.apply(variables, x), want, "linen output")
+  assert_close(linen_module.apply(variables, x), want, "linen output")
 
 
 def test_from_keras_refuses_what_it_cannot_port():
@@ -134,7 +116,7 @@ def _torch_module(case):
 @pytest.mark.parametrize("case", TORCH_CASES, ids=str)
 def test_from_torch_matches_pytorch(case):
   module = _torch_module(case)
-  x = _randn(2, 4, *_SPATIAL[case[0]])
+  x = randn(2, 4, *_SPATIAL[case[0]])
   x_t = torch.tensor(x, requires_grad=True)
   want = module(x_t)
   torch.sin(want).sum().backward()
@@ -143,22 +125,22 @@ def test_from_torch_matches_pytorch(case):
       *range(2, rank + 2), 1, 0)  # to Keras's layout
   ours = jnnx.from_torch(module)
   y, grads = _ours_with_grads(ours, x)
-  _assert_close(y, want.detach(), "output")
+  assert_close(y, want.detach(), "output")
   for name, g, w in zip(("x", "kernel", "bias"), grads,
                         (x_t.grad, weight_grad, module.bias.grad)):
-    _assert_close(g, w, f"d/d{name}")
+    assert_close(g, w, f"d/d{name}")
   linen_module, variables = jlinen.from_torch(module)
-  _assert_close(linen_module.apply(variables, x), want.detach(), "linen output")
+  assert_close(linen_module.apply(variables, x), want.detach(), "linen output")
 
 
 @pytest.mark.parametrize("extra", [0, 1])
 def test_torch_output_size_at_call(extra):
   """PyTorch's forward(x, output_size): the size within its range."""
   module = _torch_module((2, 3, 2, 1, 0, 1, 1))
-  x = _randn(1, 4, 5, 6)
+  x = randn(1, 4, 5, 6)
   size = (9 + extra, 11 + extra)
   want = module(torch.tensor(x), output_size=size).detach()
-  _assert_close(jnnx.from_torch(module)(x, output_shape=size), want)
+  assert_close(jnnx.from_torch(module)(x, output_shape=size), want)
   with pytest.raises(ValueError, match="not reachable"):
     jnnx.from_torch(module)(x, output_shape=(11, 11))
 
@@ -179,31 +161,31 @@ def test_nnx_and_linen_layers_train_and_transform():
                              rngs=nnx.Rngs(0))
   assert layer.kernel[...].shape == (3, 3, 8, 3)
   assert layer.bias[...].shape == (8,)
-  x = _randn(4, 5, 5, 3)
+  x = randn(4, 5, 5, 3)
   y = nnx.jit(lambda m, x: m(x))(layer, x)
   assert y.shape == (4, 10, 10, 8)  # Keras: (5 - 1) * 2 + 3 % 2 + 1
   grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
   assert grads["kernel"][...].shape == (3, 3, 8, 3)
   batched = jax.vmap(layer)(x[:, None])
-  _assert_close(batched[:, 0], y)
+  assert_close(batched[:, 0], y)
 
   module = jlinen.ConvTranspose(8, (3, 3), 2, padding="SAME", output_padding=1)
   variables = module.init(jax.random.key(0), x)
   assert variables["params"]["kernel"].shape == (3, 3, 8, 3)
   variables = {"params": {"kernel": layer.kernel[...],
                          "bias": layer.bias[...]}}
-  _assert_close(module.apply(variables, x), y)
+  assert_close(module.apply(variables, x), y)
 
 
 def test_dtypes_and_no_bias():
   layer = jnnx.ConvTranspose(2, 4, 3, padding="VALID", use_bias=False,
                              dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   assert layer.bias is None
-  y = layer(_randn(1, 6, 2))
+  y = layer(randn(1, 6, 2))
   assert y.dtype == jnp.bfloat16 and y.shape == (1, 8, 4)
   layer = jnnx.ConvTranspose(2, 4, 3, param_dtype=jnp.float16, rngs=nnx.Rngs(0))
   assert layer.kernel[...].dtype == jnp.float16
-  assert layer(_randn(1, 6, 2)).dtype == jnp.float32  # promoted with x
+  assert layer(randn(1, 6, 2)).dtype == jnp.float32  # promoted with x
 
 
 @pytest.mark.parametrize("kwargs, match", [

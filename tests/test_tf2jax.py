@@ -1,35 +1,17 @@
 """jaxconv.tf2jax against real TensorFlow (these tests run TF, no golden
 files): Keras 3 models, TF gradient graphs of first and second order, a
 SavedModel; the converted functions jit, grad and vmap."""
-import os
+from tests.integrations import assert_close, randn  # noqa: I001  (first: sets up Keras)
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf2jax
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf2jax  # noqa: E402
-
-import jaxconv.tf2jax as bridge  # noqa: E402
-from jaxconv.tf2jax import _table  # noqa: E402
-
-RNG = np.random.default_rng(0)
-
-
-def _randn(*shape):
-  return RNG.standard_normal(shape).astype(np.float32)
-
-
-def _assert_close(got, want, what=""):
-  got, want = np.asarray(got), np.asarray(want)
-  assert got.shape == want.shape, (what, got.shape, want.shape)
-  scale = max(1.0, float(np.abs(want).max(initial=0)))
-  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * scale,
-                             err_msg=what)
+import jaxconv.tf2jax as bridge
+from jaxconv.tf2jax import _table
 
 
 def _check(tf_fn, *args):
@@ -40,7 +22,7 @@ def _check(tf_fn, *args):
   got = jax.tree_util.tree_leaves(got)
   assert len(got) == len(want)
   for i, (g, w) in enumerate(zip(got, want)):
-    _assert_close(g, w, f"output {i}")
+    assert_close(g, w, f"output {i}")
   return jax_fn, params
 
 
@@ -86,16 +68,16 @@ def _keras_model(rank, padding, strides, output_padding, dilation, data_format,
 @pytest.mark.parametrize("case", KERAS_CASES, ids=str)
 def test_keras_transposed_conv_models(case):
   model, shape = _keras_model(*case)
-  x = _randn(2, *shape)
+  x = randn(2, *shape)
   jax_fn, params = _check(tf.function(model), x)
   # The converted function also differentiates and batches.
   want = _tf_input_gradient(model, x)
   grad = jax.grad(lambda x: jnp.sum(jnp.sin(jax_fn(params, x)[0])))(x)
-  _assert_close(grad, want, "d/dx")
-  xs = _randn(3, 2, *shape)
+  assert_close(grad, want, "d/dx")
+  xs = randn(3, 2, *shape)
   batched = jax.vmap(lambda x: jax_fn(params, x)[0])(xs)
   for i in range(3):
-    _assert_close(batched[i], model(xs[i]), f"vmap {i}")
+    assert_close(batched[i], model(xs[i]), f"vmap {i}")
 
 
 def _tf_input_gradient(model, x):
@@ -111,7 +93,7 @@ def test_issue_example_and_override_restores_tf2jax():
   override() applies to tf2jax's own functions and is undone on exit."""
   model, shape = _keras_model(2, "valid", 2, 1, 1, "channels_last", 3,
                                (16, 16))
-  x = _randn(2, *shape)
+  x = randn(2, *shape)
   fn = tf.function(model)
   assert tuple(model(x).shape) == (2, 34, 34, 4)
   with bridge.override():
@@ -127,7 +109,7 @@ def test_keras_depthwise_gradient_graph():
   layer = keras.layers.DepthwiseConv2D(3, strides=2, padding="same",
                                        depth_multiplier=2)
   model = keras.Model(inputs, layer(inputs))
-  x = _randn(2, 9, 8, 3)
+  x = randn(2, 9, 8, 3)
 
   @tf.function
   def grads(x):
@@ -185,7 +167,7 @@ GRAPHS = {  # name: (fn, x shape, w shape)
 @pytest.mark.parametrize("name", GRAPHS)
 def test_gradient_graphs_first_and_second_order(name):
   fn, x_shape, w_shape = GRAPHS[name]
-  x, w = _randn(*x_shape), _randn(*w_shape)
+  x, w = randn(*x_shape), randn(*w_shape)
 
   @tf.function
   def grads(x, w):
@@ -205,7 +187,7 @@ def test_gradient_graphs_first_and_second_order(name):
 
 
 def test_bias_add_grad_and_shape_n():
-  x, w, b = _randn(2, 6, 5, 3), _randn(3, 3, 3, 4), _randn(4)
+  x, w, b = randn(2, 6, 5, 3), randn(3, 3, 3, 4), randn(4)
 
   @tf.function
   def grads(x, w, b):
@@ -223,7 +205,7 @@ def test_bias_add_grad_and_shape_n():
 
 def test_converted_gradient_graph_jits_grads_and_vmaps():
   fn, x_shape, w_shape = GRAPHS["conv2d_transpose"]
-  x, w = _randn(*x_shape), _randn(*w_shape)
+  x, w = randn(*x_shape), randn(*w_shape)
   tf_fn = tf.function(lambda x, w: tf.reduce_sum(tf.sin(fn(x, w))))
   jax_fn = bridge.convert_functional(tf_fn, x, w)
   dx, dw = jax.jit(jax.grad(jax_fn, argnums=(0, 1)))(x, w)
@@ -232,11 +214,11 @@ def test_converted_gradient_graph_jits_grads_and_vmaps():
     tape.watch([x_t, w_t])
     loss = tf_fn(x_t, w_t)
   want = tape.gradient(loss, [x_t, w_t])
-  _assert_close(dx, want[0], "dx")
-  _assert_close(dw, want[1], "dw")
-  ws = _randn(3, *w_shape)
+  assert_close(dx, want[0], "dx")
+  assert_close(dw, want[1], "dw")
+  ws = randn(3, *w_shape)
   batched = jax.vmap(jax_fn, in_axes=(None, 0))(x, ws)
-  _assert_close(batched, [tf_fn(x, wi) for wi in ws], "vmap")
+  assert_close(batched, [tf_fn(x, wi) for wi in ws], "vmap")
 
 
 # --- SavedModel ----------------------------------------------------------
@@ -246,8 +228,8 @@ def test_saved_model_convert_from_restored(tmp_path):
   class Decoder(tf.Module):
     def __init__(self):
       super().__init__()
-      self.w = tf.Variable(_randn(3, 3, 4, 6))
-      self.w3 = tf.Variable(_randn(2, 2, 2, 3, 4))
+      self.w = tf.Variable(randn(3, 3, 4, 6))
+      self.w3 = tf.Variable(randn(2, 2, 2, 3, 4))
 
     @tf.function(input_signature=[tf.TensorSpec([2, 5, 5, 6], tf.float32)])
     def __call__(self, x):
@@ -263,25 +245,25 @@ def test_saved_model_convert_from_restored(tmp_path):
   module = Decoder()
   tf.saved_model.save(module, str(tmp_path))
   restored = tf.saved_model.load(str(tmp_path))
-  x = _randn(2, 5, 5, 6)
+  x = randn(2, 5, 5, 6)
   want = restored(x)
   jax_fn, params = bridge.convert_from_restored(restored.__call__)
   got, _ = jax.jit(jax_fn)(params, x)
-  _assert_close(got[0], want[0], "z")
-  _assert_close(got[1], want[1], "dx")
+  assert_close(got[0], want[0], "z")
+  assert_close(got[1], want[1], "dx")
 
 
 # --- errors --------------------------------------------------------------
 
 def test_data_dependent_size_names_the_node():
-  w = _randn(3, 3, 2, 4)
+  w = randn(3, 3, 2, 4)
 
   @tf.function
   def fn(x, size):
     return tf.nn.conv2d_transpose(x, w, tf.concat([[2], size, [2]], 0), 2,
                                   "SAME")
 
-  x, size = _randn(2, 5, 5, 4), np.array([10, 10], np.int32)
+  x, size = randn(2, 5, 5, 4), np.array([10, 10], np.int32)
   jax_fn, params = bridge.convert(fn, x, size)
   with pytest.raises(ValueError, match=r"Conv2DBackpropInput node .*input_sizes"
                      r" is data-dependent"):
@@ -294,12 +276,12 @@ def test_bad_attributes_name_the_node():
     return tf.nn.conv3d_transpose(x, w, [2, 9, 7, 8, 3], strides=2,
                                   padding="VALID")
 
-  x, w = _randn(2, 4, 3, 3, 4), _randn(3, 3, 3, 3, 4)
+  x, w = randn(2, 4, 3, 3, 4), randn(3, 3, 3, 3, 4)
   jax_fn, params = bridge.convert(fn, x, w)
   with tf2jax.override_config("strict_shape_check", False), pytest.raises(
       ValueError, match=r"Conv3DBackpropInputV2 node .*: Size of out_backprop "
       r"doesn't match computed: actual = 5, computed = 4"):
-    jax_fn(params, _randn(2, 5, 3, 3, 4), w)
+    jax_fn(params, randn(2, 5, 3, 3, 4), w)
 
 
 def test_a_changed_tf2jax_table_fails_loudly(monkeypatch):
@@ -320,7 +302,7 @@ def test_a_changed_tf2jax_table_fails_loudly(monkeypatch):
 def test_v2_ops_equal_their_counterparts_in_tf():
   """Conv2DBackpropInputV2/FilterV2 (TF has no kernel for them): converted,
   they equal TF's Conv2DBackpropInput/Filter on their tensors' shapes."""
-  x, w, dy = _randn(2, 9, 8, 3), _randn(3, 3, 3, 4), _randn(2, 5, 4, 4)
+  x, w, dy = randn(2, 9, 8, 3), randn(3, 3, 3, 4), randn(2, 5, 4, 4)
   window = dict(strides=[1, 2, 2, 1], padding="EXPLICIT",
                 explicit_paddings=[0, 0, 1, 1, 0, 1, 0, 0])
   for v2, want in (
@@ -330,7 +312,7 @@ def test_v2_ops_equal_their_counterparts_in_tf():
           input=x, filter_sizes=w.shape, out_backprop=dy, **window))):
     fn = tf.function(_v2_call(v2, window))
     jax_fn, params = bridge.convert(fn, x, w, dy)
-    _assert_close(jax.jit(jax_fn)(params, x, w, dy)[0], want, v2.__name__)
+    assert_close(jax.jit(jax_fn)(params, x, w, dy)[0], want, v2.__name__)
 
 
 def _v2_call(op, window):
@@ -340,7 +322,7 @@ def _v2_call(op, window):
 def test_v1_3d_ops_from_their_node_defs():
   """Conv3DBackpropInput/Filter (v1) are gone from TF's graphs (GraphDef
   version 10); their converters, fed a NodeDef, equal the V2 ops in TF."""
-  x, w, dy = _randn(2, 5, 4, 6, 3), _randn(2, 3, 3, 3, 4), _randn(2, 3, 4, 3, 4)
+  x, w, dy = randn(2, 5, 4, 6, 3), randn(2, 3, 3, 3, 4), randn(2, 3, 4, 3, 4)
   window = dict(strides=[1, 2, 1, 2, 1], padding="SAME")
   for op, want in (
       ("Conv3DBackpropInput", tf.raw_ops.Conv3DBackpropInputV2(
@@ -352,4 +334,4 @@ def test_v1_3d_ops_from_their_node_defs():
     node.attr["strides"].list.i.extend(window["strides"])
     node.attr["padding"].s = b"SAME"
     fn = bridge.converters.CONVERTERS[op](node)
-    _assert_close(fn(x, w, dy), want, op)
+    assert_close(fn(x, w, dy), want, op)
