@@ -32,11 +32,14 @@ WITH_INT32 = SUPPORTED_DTYPES  # Conv2DBackpropInput alone also takes int32
 def backprop_input(ndim: int, input_sizes, filter, out_backprop, *,  # noqa: A002
                    strides, padding, explicit_paddings=(), data_format,
                    dilations, dtypes=FLOATS, spatial_sizes=False,
-                   paddings=attrs.PADDINGS, depthwise=False):
+                   paddings=attrs.PADDINGS, depthwise=False,
+                   out_sharding=None):
   """The input gradient of an N-d conv (TF's Conv*BackpropInput ops).
 
   spatial_sizes: `input_sizes` may also be spatial only (2-D op's form).
   depthwise: `filter` is `[*K, in_depth, multiplier]`.
+  out_sharding: the result's sharding under explicit sharding, where the
+  rules (jaxconv/sharding.py) ask for it, as `lax.conv_general_dilated`.
   """
   filt = attrs.as_operand(filter, "filter", dtypes)
   dy = attrs.as_operand(out_backprop, "out_backprop", dtypes)
@@ -51,15 +54,17 @@ def backprop_input(ndim: int, input_sizes, filter, out_backprop, *,  # noqa: A00
   spec = attrs.make_spec(ndim, input_sizes, filt.shape, dy.shape[0], strides,
                          padding, explicit_paddings, data_format, dilations,
                          paddings=paddings, spatial_sizes=spatial_sizes)
-  return conv_backprop_input(filt, dy, spec)
+  return conv_backprop_input(filt, dy, spec, out_sharding)
 
 
 def backprop_filter(ndim: int, input, filter_sizes, out_backprop, *,  # noqa: A002
                     strides, padding, explicit_paddings=(), data_format,
-                    dilations, paddings=attrs.PADDINGS, depthwise=False):
+                    dilations, paddings=attrs.PADDINGS, depthwise=False,
+                    out_sharding=None):
   """The filter gradient of an N-d conv (TF's Conv*BackpropFilter ops):
   shaped `filter_sizes` (`[*K, in_depth / groups, out_depth]`, depthwise
-  `[*K, in_depth, multiplier]`)."""
+  `[*K, in_depth, multiplier]`).  A batch-sharded (contracted) input needs
+  `out_sharding` under explicit sharding."""
   x = attrs.as_operand(input, "input", FLOATS)
   dy = attrs.as_operand(out_backprop, "out_backprop", FLOATS)
   attrs.check_operands(ndim, x, dy, names=("input", "out_backprop"))
@@ -74,13 +79,13 @@ def backprop_filter(ndim: int, input, filter_sizes, out_backprop, *,  # noqa: A0
                          padding, explicit_paddings, data_format, dilations,
                          paddings=paddings, sizes_name="input.shape")
   check_out_backprop(shape, dy.shape, spec)
-  out = conv_backprop_filter(x, dy, spec, shape[:ndim])
+  out = conv_backprop_filter(x, dy, spec, shape[:ndim], out_sharding)
   return out.reshape(sizes) if depthwise else out
 
 
 def forward(ndim: int, input, filter, *, strides, padding,  # noqa: A002
             explicit_paddings=(), data_format, dilations,
-            paddings=attrs.PADDINGS, depthwise=False):
+            paddings=attrs.PADDINGS, depthwise=False, out_sharding=None):
   """TF's N-d forward conv (Conv2D, Conv3D, DepthwiseConv2dNative): `input`
   `[N, *S, C]`, filter `[*K, C / groups, out_depth]` (depthwise
   `[*K, C, multiplier]`)."""
@@ -98,7 +103,7 @@ def forward(ndim: int, input, filter, *, strides, padding,  # noqa: A002
   out_spatial = spec.out_backprop_spatial(filt.shape[:ndim])
   check_out_backprop(filt.shape, spec.activation_shape(
       x.shape[0], filt.shape[-1], out_spatial), spec)  # negative sizes
-  return conv_forward(x, filt, spec)
+  return conv_forward(x, filt, spec, out_sharding)
 
 
 def _check_depthwise(in_depth, filter_shape, dy_depth, sizes_name) -> None:

@@ -5,7 +5,7 @@ strides/dilations as TF takes them (an int, 1, N or N + 2 entries);
 padding a string, or (before, after) pairs where TF allows them.  Each is
 a raw op of `jaxconv.raw_ops` (via jaxconv/core.py); 1-D runs natively
 (TF inserts a unit height dim, which changes nothing here).  `name` is
-ignored.
+ignored; `out_sharding` as in `jaxconv.raw_ops`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ _STRINGS = ("SAME", "VALID")
 
 
 def conv1d_transpose(input, filters, output_shape, strides, padding="SAME",  # noqa: A002
-                     data_format="NWC", dilations=None, name=None):
+                     data_format="NWC", dilations=None, name=None,
+                     out_sharding=None):
   """`tf.nn.conv1d_transpose`: input `[N, W, C_in]` (NWC) or `[N, C_in, W]`
   (NCW), filters `[kw, C_out, C_in]`, output_shape 3 entries."""
   del name
@@ -41,11 +42,12 @@ def conv1d_transpose(input, filters, output_shape, strides, padding="SAME",  # n
   return core.backprop_input(
       1, output_shape, filters, input, padding=padding,
       data_format=data_format, dtypes=core.WITH_INT32, paddings=_STRINGS,
-      **window)
+      **window, out_sharding=out_sharding)
 
 
 def conv2d_transpose(input, filters, output_shape, strides, padding="SAME",  # noqa: A002
-                     data_format="NHWC", dilations=None, name=None):
+                     data_format="NHWC", dilations=None, name=None,
+                     out_sharding=None):
   """`tf.nn.conv2d_transpose`: `Conv2DBackpropInput` with out_backprop =
   `input`; output_shape 4 entries or `[H, W]`; padding a string or 4 pairs."""
   del name
@@ -56,11 +58,13 @@ def conv2d_transpose(input, filters, output_shape, strides, padding="SAME",  # n
       input_sizes=output_shape, filter=filters, out_backprop=input,
       strides=attrs.get_sequence(strides, 2, channel_index, "strides"),
       padding=padding, explicit_paddings=explicit, data_format=data_format,
-      dilations=attrs.get_sequence(dilations, 2, channel_index, "dilations"))
+      dilations=attrs.get_sequence(dilations, 2, channel_index, "dilations"),
+      out_sharding=out_sharding)
 
 
 def conv3d_transpose(input, filters, output_shape, strides, padding="SAME",  # noqa: A002
-                     data_format="NDHWC", dilations=None, name=None):
+                     data_format="NDHWC", dilations=None, name=None,
+                     out_sharding=None):
   """`tf.nn.conv3d_transpose`: `Conv3DBackpropInputV2` with out_backprop =
   `input`; output_shape 5 entries; padding "SAME" or "VALID"."""
   del name
@@ -70,7 +74,8 @@ def conv3d_transpose(input, filters, output_shape, strides, padding="SAME",  # n
       input_sizes=output_shape, filter=filters, out_backprop=input,
       strides=attrs.get_sequence(strides, 3, channel_index, "strides"),
       padding=padding, data_format=data_format,
-      dilations=attrs.get_sequence(dilations, 3, channel_index, "dilations"))
+      dilations=attrs.get_sequence(dilations, 3, channel_index, "dilations"),
+      out_sharding=out_sharding)
 
 
 def _channel_index(data_format, n):
@@ -81,7 +86,8 @@ def _channel_index(data_format, n):
 
 
 def conv_transpose(input, filters, output_shape, strides, padding="SAME",  # noqa: A002
-                   data_format=None, dilations=None, name=None):
+                   data_format=None, dilations=None, name=None,
+                   out_sharding=None):
   """`tf.nn.conv_transpose`: 1-, 2- or 3-D by the length of output_shape."""
   if not hasattr(output_shape, "__len__"):
     raise ValueError("`output_shape` must be a tensor or sized collection. "
@@ -92,11 +98,12 @@ def conv_transpose(input, filters, output_shape, strides, padding="SAME",  # noq
                      f"output_shape={output_shape} of length {n + 2}.")
   op = (conv1d_transpose, conv2d_transpose, conv3d_transpose)[n - 1]
   return op(input, filters, output_shape, strides, padding=padding,
-            data_format=data_format, dilations=dilations, name=name)
+            data_format=data_format, dilations=dilations, name=name,
+            out_sharding=out_sharding)
 
 
 def atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
-                            name=None):
+                            name=None, out_sharding=None):
   """`tf.nn.atrous_conv2d_transpose`: NHWC, stride 1, dilation `rate`
   (TF computes it with space_to_batch; the values are the same)."""
   del name
@@ -111,12 +118,14 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
     raise ValueError("`output_shape` must have shape (4,)")
   return raw_ops.Conv2DBackpropInput(
       input_sizes=output_shape, filter=filters, out_backprop=value,
-      strides=[1, 1, 1, 1], padding=padding, dilations=[1, rate, rate, 1])
+      strides=[1, 1, 1, 1], padding=padding, dilations=[1, rate, rate, 1],
+      out_sharding=out_sharding)
 
 
 def depthwise_conv2d_backprop_input(input_sizes, filter, out_backprop, strides,  # noqa: A002
                                     padding, data_format="NHWC",
-                                    dilations=(1, 1, 1, 1), name=None):
+                                    dilations=(1, 1, 1, 1), name=None,
+                                    out_sharding=None):
   """`tf.nn.depthwise_conv2d_backprop_input`: the raw op, with padding a
   string or 4 (before, after) pairs."""
   del name
@@ -124,12 +133,13 @@ def depthwise_conv2d_backprop_input(input_sizes, filter, out_backprop, strides, 
   return raw_ops.DepthwiseConv2dNativeBackpropInput(
       input_sizes=input_sizes, filter=filter, out_backprop=out_backprop,
       strides=strides, padding=padding, explicit_paddings=explicit,
-      data_format=data_format, dilations=dilations)
+      data_format=data_format, dilations=dilations, out_sharding=out_sharding)
 
 
 def depthwise_conv2d_backprop_filter(input, filter_sizes, out_backprop,  # noqa: A002
                                      strides, padding, data_format="NHWC",
-                                     dilations=(1, 1, 1, 1), name=None):
+                                     dilations=(1, 1, 1, 1), name=None,
+                                     out_sharding=None):
   """`tf.nn.depthwise_conv2d_backprop_filter`: the raw op, with padding a
   string or 4 (before, after) pairs."""
   del name
@@ -137,4 +147,4 @@ def depthwise_conv2d_backprop_filter(input, filter_sizes, out_backprop,  # noqa:
   return raw_ops.DepthwiseConv2dNativeBackpropFilter(
       input=input, filter_sizes=filter_sizes, out_backprop=out_backprop,
       strides=strides, padding=padding, explicit_paddings=explicit,
-      data_format=data_format, dilations=dilations)
+      data_format=data_format, dilations=dilations, out_sharding=out_sharding)

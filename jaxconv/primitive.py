@@ -1,8 +1,10 @@
 """The `conv_backprop_input` primitive: shape rule, eager impl, registration.
 
-The primitive takes (filter, out_backprop) and one parameter, a
-`lowering.ConvSpec`.  The JVP, transposes and batching live in
-`jaxconv.rules`; the StableHLO lowerings in the `lowering` package.
+The primitive takes (filter, out_backprop) and two parameters: a
+`lowering.ConvSpec` and `out_sharding` (None, or the result's sharding
+under explicit sharding: `jaxconv.sharding`).  The JVP, transposes and
+batching live in `jaxconv.rules`; the StableHLO lowerings in the
+`lowering` package.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
 import lowering
+from jaxconv import sharding
 from lowering.geometry import ConvSpec, effective_size
 
 conv_backprop_input_p = Primitive("conv_backprop_input")
@@ -25,9 +28,10 @@ SUPPORTED_DTYPES = tuple(
     np.dtype(d) for d in ("float16", "bfloat16", "float32", "float64", "int32"))
 
 
-def conv_backprop_input(filt, out_backprop, spec: ConvSpec):
+def conv_backprop_input(filt, out_backprop, spec: ConvSpec, out_sharding=None):
   """Bind the primitive (inputs already validated by the API layer)."""
-  return conv_backprop_input_p.bind(filt, out_backprop, spec=spec)
+  return conv_backprop_input_p.bind(filt, out_backprop, spec=spec,
+                                    out_sharding=sharding.as_named(out_sharding))
 
 
 def _shape_rule(filt, dy, spec: ConvSpec):
@@ -108,7 +112,14 @@ def _check_allocatable(shape, dtype) -> None:
         "input_sizes and strides")
 
 
-def _abstract_eval(filt, dy, *, spec: ConvSpec):
+def typed(shape, dtype, out_sharding) -> jax.core.ShapedArray:
+  """The result aval, with its sharding where sharding is in types."""
+  if out_sharding is None:
+    return jax.core.ShapedArray(shape, dtype)
+  return jax.core.ShapedArray(shape, dtype, sharding=out_sharding)
+
+
+def _abstract_eval(filt, dy, *, spec: ConvSpec, out_sharding):
   if filt.dtype != dy.dtype:
     raise TypeError("filter and out_backprop must have the same dtype, got "
                     f"{filt.dtype} and {dy.dtype}")
@@ -117,7 +128,8 @@ def _abstract_eval(filt, dy, *, spec: ConvSpec):
                     f"of {', '.join(map(str, SUPPORTED_DTYPES))}")
   shape = _shape_rule(filt, dy, spec)
   _check_allocatable(shape, filt.dtype)
-  return jax.core.ShapedArray(shape, filt.dtype)
+  return typed(shape, filt.dtype,
+               sharding.backprop_input(filt, dy, spec, out_sharding))
 
 
 def def_eager_impl(prim: Primitive) -> None:
@@ -132,4 +144,8 @@ def def_eager_impl(prim: Primitive) -> None:
 conv_backprop_input_p.def_abstract_eval(_abstract_eval)
 def_eager_impl(conv_backprop_input_p)
 for _platform, _rule in lowering.platform_rules().items():
-  mlir.register_lowering(conv_backprop_input_p, _rule, platform=_platform)
+  # The result aval carries out_sharding; the back end reads it there.
+  mlir.register_lowering(
+      conv_backprop_input_p,
+      lambda ctx, *args, out_sharding, _rule=_rule, **params: _rule(
+          ctx, *args, **params), platform=_platform)

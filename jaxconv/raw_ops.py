@@ -5,6 +5,8 @@ Sizes (`input_sizes`, `filter_sizes`) must be static; the V2 (2-D) and v1
 (3-D) variants take the shape of their `input`/`filter` tensor instead,
 which may be traced.  Each op is its forward conv's input or filter
 gradient (jaxconv/core.py); `name` is ignored (JAX has no op names).
+Each also takes `out_sharding`, the result's sharding under JAX's
+explicit sharding mode where the rules ask for it (`jaxconv.sharding`).
 
 Differences from TF: no kernel refuses a valid configuration (NCHW,
 dilations and groups run everywhere; the 2-D V2 and 3-D v1 ops, which TF
@@ -39,7 +41,8 @@ def _shape_of(tensor, name):
 
 def Conv2DBackpropInput(*, input_sizes, filter, out_backprop, strides,  # noqa: N802
                         padding, use_cudnn_on_gpu=True, explicit_paddings=(),
-                        data_format="NHWC", dilations=(1, 1, 1, 1), name=None):
+                        data_format="NHWC", dilations=(1, 1, 1, 1), name=None,
+                        out_sharding=None):
   """TF's `tf.raw_ops.Conv2DBackpropInput`: the gradient of conv2d w.r.t. its input.
 
   Args:
@@ -75,13 +78,14 @@ def Conv2DBackpropInput(*, input_sizes, filter, out_backprop, strides,  # noqa: 
   return core.backprop_input(
       2, input_sizes, filter, out_backprop, strides=strides, padding=padding,
       explicit_paddings=explicit_paddings, data_format=data_format,
-      dilations=dilations, dtypes=core.WITH_INT32, spatial_sizes=True)
+      dilations=dilations, dtypes=core.WITH_INT32, spatial_sizes=True,
+      out_sharding=out_sharding)
 
 
 def Conv2DBackpropInputV2(*, input, filter, out_backprop, strides, padding,  # noqa: N802,A002
                           use_cudnn_on_gpu=True, explicit_paddings=(),
                           data_format="NHWC", dilations=(1, 1, 1, 1),
-                          name=None):
+                          name=None, out_sharding=None):
   """TF's `Conv2DBackpropInputV2`: `Conv2DBackpropInput` with the shape of
   `input` as `input_sizes` (its values are not used; float dtypes only).
   TF has no kernel for it anywhere; this computes what its counterpart does."""
@@ -91,12 +95,13 @@ def Conv2DBackpropInputV2(*, input, filter, out_backprop, strides, padding,  # n
   return core.backprop_input(
       2, _shape_of(input, "input"), filter, out_backprop, strides=strides,
       padding=padding, explicit_paddings=explicit_paddings,
-      data_format=data_format, dilations=dilations)
+      data_format=data_format, dilations=dilations, out_sharding=out_sharding)
 
 
 def Conv3DBackpropInputV2(*, input_sizes, filter, out_backprop, strides,  # noqa: N802
                           padding, data_format="NDHWC",
-                          dilations=(1, 1, 1, 1, 1), name=None):
+                          dilations=(1, 1, 1, 1, 1), name=None,
+                          out_sharding=None):
   """TF's `Conv3DBackpropInputV2`: the input gradient of conv3d.
 
   input_sizes: static int32/int64 vector of 5 entries in `data_format`
@@ -106,24 +111,28 @@ def Conv3DBackpropInputV2(*, input_sizes, filter, out_backprop, strides,  # noqa
   del name
   return core.backprop_input(
       3, input_sizes, filter, out_backprop, strides=strides, padding=padding,
-      data_format=data_format, dilations=dilations, **_3D)
+      data_format=data_format, dilations=dilations, **_3D,
+      out_sharding=out_sharding)
 
 
 def Conv3DBackpropInput(*, input, filter, out_backprop, strides, padding,  # noqa: N802,A002
-                        dilations=(1, 1, 1, 1, 1), name=None):
+                        dilations=(1, 1, 1, 1, 1), name=None,
+                        out_sharding=None):
   """TF's v1 `Conv3DBackpropInput` (NDHWC only; the shape of `input` is the
   result's).  TF removed it from graphs; this mirrors its V2 on that shape."""
   del name
   _same_dtype(input, "input", filter, "filter")
   return core.backprop_input(
       3, _shape_of(input, "input"), filter, out_backprop, strides=strides,
-      padding=padding, data_format="NDHWC", dilations=dilations, **_3D)
+      padding=padding, data_format="NDHWC", dilations=dilations, **_3D,
+      out_sharding=out_sharding)
 
 
 def DepthwiseConv2dNativeBackpropInput(*, input_sizes, filter, out_backprop,  # noqa: N802
                                        strides, padding, explicit_paddings=(),
                                        data_format="NHWC",
-                                       dilations=(1, 1, 1, 1), name=None):
+                                       dilations=(1, 1, 1, 1), name=None,
+                                       out_sharding=None):
   """TF's `DepthwiseConv2dNativeBackpropInput`: the input gradient of a
   depthwise conv.  filter `[kh, kw, in_depth, multiplier]`; out_backprop has
   in_depth * multiplier channels (channel c*M + m reads input channel c);
@@ -133,13 +142,13 @@ def DepthwiseConv2dNativeBackpropInput(*, input_sizes, filter, out_backprop,  # 
   return core.backprop_input(
       2, input_sizes, filter, out_backprop, strides=strides, padding=padding,
       explicit_paddings=explicit_paddings, data_format=data_format,
-      dilations=dilations, depthwise=True)
+      dilations=dilations, depthwise=True, out_sharding=out_sharding)
 
 
 def Conv2DBackpropFilter(*, input, filter_sizes, out_backprop, strides,  # noqa: N802,A002
                          padding, use_cudnn_on_gpu=True, explicit_paddings=(),
                          data_format="NHWC", dilations=(1, 1, 1, 1),
-                         name=None):
+                         name=None, out_sharding=None):
   """TF's `tf.raw_ops.Conv2DBackpropFilter`: the gradient of conv2d w.r.t.
   its filter, shaped `filter_sizes` (static, `[kh, kw, in / groups, out]`;
   groups = input depth / filter_sizes[2]).  Float dtypes; the other
@@ -149,13 +158,13 @@ def Conv2DBackpropFilter(*, input, filter_sizes, out_backprop, strides,  # noqa:
   return core.backprop_filter(
       2, input, filter_sizes, out_backprop, strides=strides, padding=padding,
       explicit_paddings=explicit_paddings, data_format=data_format,
-      dilations=dilations)
+      dilations=dilations, out_sharding=out_sharding)
 
 
 def Conv2DBackpropFilterV2(*, input, filter, out_backprop, strides, padding,  # noqa: N802,A002
                            use_cudnn_on_gpu=True, explicit_paddings=(),
                            data_format="NHWC", dilations=(1, 1, 1, 1),
-                           name=None):
+                           name=None, out_sharding=None):
   """TF's `Conv2DBackpropFilterV2`: `Conv2DBackpropFilter` with the shape of
   `filter` as `filter_sizes` (which must share the input's dtype).  TF has
   no kernel for it anywhere; this computes what its counterpart does."""
@@ -165,42 +174,47 @@ def Conv2DBackpropFilterV2(*, input, filter, out_backprop, strides, padding,  # 
   return core.backprop_filter(
       2, input, _shape_of(filter, "filter"), out_backprop, strides=strides,
       padding=padding, explicit_paddings=explicit_paddings,
-      data_format=data_format, dilations=dilations)
+      data_format=data_format, dilations=dilations, out_sharding=out_sharding)
 
 
 def Conv3DBackpropFilterV2(*, input, filter_sizes, out_backprop, strides,  # noqa: N802,A002
                            padding, data_format="NDHWC",
-                           dilations=(1, 1, 1, 1, 1), name=None):
+                           dilations=(1, 1, 1, 1, 1), name=None,
+                           out_sharding=None):
   """TF's `Conv3DBackpropFilterV2`: the filter gradient of conv3d, shaped
   `filter_sizes` (static, 5 entries); padding "SAME" or "VALID"."""
   del name
   return core.backprop_filter(
       3, input, filter_sizes, out_backprop, strides=strides, padding=padding,
-      data_format=data_format, dilations=dilations, **_3D)
+      data_format=data_format, dilations=dilations, **_3D,
+      out_sharding=out_sharding)
 
 
 def Conv3DBackpropFilter(*, input, filter, out_backprop, strides, padding,  # noqa: N802,A002
-                         dilations=(1, 1, 1, 1, 1), name=None):
+                         dilations=(1, 1, 1, 1, 1), name=None,
+                         out_sharding=None):
   """TF's v1 `Conv3DBackpropFilter` (NDHWC only; the shape of `filter` is
   the result's).  TF removed it from graphs; this mirrors its V2."""
   del name
   _same_dtype(filter, "filter", input, "input")
   return core.backprop_filter(
       3, input, _shape_of(filter, "filter"), out_backprop, strides=strides,
-      padding=padding, data_format="NDHWC", dilations=dilations, **_3D)
+      padding=padding, data_format="NDHWC", dilations=dilations, **_3D,
+      out_sharding=out_sharding)
 
 
 def DepthwiseConv2dNativeBackpropFilter(*, input, filter_sizes, out_backprop,  # noqa: N802,A002
                                         strides, padding, explicit_paddings=(),
                                         data_format="NHWC",
-                                        dilations=(1, 1, 1, 1), name=None):
+                                        dilations=(1, 1, 1, 1), name=None,
+                                        out_sharding=None):
   """TF's `DepthwiseConv2dNativeBackpropFilter`: the filter gradient of a
   depthwise conv, shaped `filter_sizes` = `[kh, kw, in_depth, multiplier]`."""
   del name
   return core.backprop_filter(
       2, input, filter_sizes, out_backprop, strides=strides, padding=padding,
       explicit_paddings=explicit_paddings, data_format=data_format,
-      dilations=dilations, depthwise=True)
+      dilations=dilations, depthwise=True, out_sharding=out_sharding)
 
 
 def _same_dtype(tensor, name, other, other_name):

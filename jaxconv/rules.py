@@ -12,6 +12,11 @@ Batching folds a batched out_backprop into the batch and a batched filter
 into feature groups (a depthwise one shares a broadcast out_backprop): one
 call, never a loop.  The partners batch through
 JAX's own convolution batching.
+
+Under explicit sharding, a transpose's result is typed like the primal it
+is the cotangent of (its `out_sharding`), and batching runs with the
+explicit axes made Auto (`jax.sharding.auto_axes`), its result typed by
+the unbatched rule (`jaxconv.sharding`) with the vmapped dim in front.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.interpreters import ad, batching
 
+from jaxconv import sharding
 from jaxconv.partners import (backprop_filter_impl, conv_backprop_filter,
                               conv_backprop_filter_p, conv_forward,
                               conv_forward_p, forward_impl)
@@ -33,20 +39,25 @@ def _kernel(filt_aval, spec):
   return filt_aval.shape[:spec.ndim]
 
 
+_of = sharding.of  # the cotangent's type: its primal's sharding
 ad.defbilinear(
     conv_backprop_input_p,
-    lambda ct, w, dy, *, spec: conv_backprop_filter(ct, dy, spec,
-                                                    _kernel(w.aval, spec)),
-    lambda ct, w, dy, *, spec: conv_forward(ct, w, spec))
+    lambda ct, w, dy, *, spec, out_sharding: conv_backprop_filter(
+        ct, dy, spec, _kernel(w.aval, spec), _of(w.aval)),
+    lambda ct, w, dy, *, spec, out_sharding: conv_forward(
+        ct, w, spec, _of(dy.aval)))
 ad.defbilinear(
     conv_forward_p,
-    lambda ct, x, w, *, spec: conv_backprop_input(w, ct, spec),
-    lambda ct, x, w, *, spec: conv_backprop_filter(x, ct, spec,
-                                                   _kernel(w.aval, spec)))
+    lambda ct, x, w, *, spec, out_sharding: conv_backprop_input(
+        w, ct, spec, _of(x.aval)),
+    lambda ct, x, w, *, spec, out_sharding: conv_backprop_filter(
+        x, ct, spec, _kernel(w.aval, spec), _of(w.aval)))
 ad.defbilinear(
     conv_backprop_filter_p,
-    lambda ct, x, dy, *, spec, kernel: conv_backprop_input(ct, dy, spec),
-    lambda ct, x, dy, *, spec, kernel: conv_forward(x, ct, spec))
+    lambda ct, x, dy, *, spec, kernel, out_sharding: conv_backprop_input(
+        ct, dy, spec, _of(x.aval)),
+    lambda ct, x, dy, *, spec, kernel, out_sharding: conv_forward(
+        x, ct, spec, _of(dy.aval)))
 
 
 def _batch_rule(args, dims, *, spec: ConvSpec):
@@ -90,8 +101,26 @@ def _batch_via_lax(impl, args, dims, **params):
   return jax.vmap(functools.partial(impl, **params), in_axes=dims)(*args), 0
 
 
-batching.primitive_batchers[conv_backprop_input_p] = _batch_rule
-batching.primitive_batchers[conv_forward_p] = functools.partial(
-    _batch_via_lax, forward_impl)
-batching.primitive_batchers[conv_backprop_filter_p] = functools.partial(
-    _batch_via_lax, backprop_filter_impl)
+def _typed_batching(batch_rule, result_sharding):
+  """batch_rule, under explicit sharding run with Auto axes and typed."""
+  def rule(args, dims, *, out_sharding, **params):
+    avals = [jax.typeof(a) for a in args]
+    if out_sharding is None and not any(map(_of, avals)):
+      return batch_rule(args, dims, **params)
+    typed = sharding.batched(result_sharding, avals, dims,
+                             out_sharding=out_sharding, **params)
+
+    def run(*args):
+      out, dim = batch_rule(args, dims, **params)
+      return jnp.moveaxis(out, dim, 0)
+    return jax.sharding.auto_axes(run, out_sharding=typed)(*args), 0
+  return rule
+
+
+batching.primitive_batchers[conv_backprop_input_p] = _typed_batching(
+    _batch_rule, sharding.backprop_input)
+batching.primitive_batchers[conv_forward_p] = _typed_batching(
+    functools.partial(_batch_via_lax, forward_impl), sharding.forward)
+batching.primitive_batchers[conv_backprop_filter_p] = _typed_batching(
+    functools.partial(_batch_via_lax, backprop_filter_impl),
+    sharding.backprop_filter)

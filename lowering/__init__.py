@@ -5,11 +5,12 @@ platform, `partner_rules()` the same for the op's two partner convolutions;
 the front end never needs to know how a platform lowers.
 """
 from lowering import canonical, cpu, partners
+from lowering._compat import lower_fun
 from lowering.cpu import force_strategy, portable
 from lowering.geometry import ConvSpec
 
-__all__ = ["ConvSpec", "force_strategy", "partner_rules", "platform_rules",
-           "portable"]
+__all__ = ["ConvSpec", "force_strategy", "lower_fun", "partner_rules",
+           "platform_rules", "portable"]
 
 
 def platform_rules():
@@ -25,7 +26,8 @@ def platform_rules():
 
 def partner_rules():
   """{"forward" | "backprop_filter": {platform (None = every other): fn}};
-  fn(a, b, *, spec, ...) is written in jax ops (lower it with lower_fun)."""
+  fn(a, b, *, spec, ...) is written in jax ops (lower it with `lower_fun`,
+  which also handles explicit sharding)."""
   return {
       "forward": {None: partners.forward, "cpu": cpu.forward},
       "backprop_filter": {None: partners.backprop_filter,

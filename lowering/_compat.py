@@ -1,14 +1,17 @@
 """Everything the back end takes from outside JAX's stable surface, in one place.
 
 JAX exposes no public StableHLO op builders; jaxlib ships the MLIR Python
-bindings of the StableHLO dialect, which JAX itself uses.  Checked with
-jax/jaxlib 0.10.x (the range pyproject.toml declares).
+bindings of the StableHLO dialect, which JAX itself uses.  Lowering under
+explicit sharding (sharding in types) needs the rule context's avals
+rewritten and the result's sharding attached, as JAX's own rules do.
+Checked with jax/jaxlib 0.10.x (the range pyproject.toml declares).
 """
 from jax.extend.mlir import lower_with_sharding_in_types
 from jax.interpreters import mlir
+from jax.sharding import AxisType, NamedSharding, PartitionSpec, use_abstract_mesh
 from jaxlib.mlir.dialects import stablehlo as hlo
 
-__all__ = ["hlo", "ir_type", "finish"]
+__all__ = ["hlo", "ir_type", "finish", "lower_fun"]
 
 
 def ir_type(ctx, aval):
@@ -19,3 +22,26 @@ def ir_type(ctx, aval):
 def finish(ctx, value, aval):
   """Attach the output sharding JAX expects when sharding is in types."""
   return lower_with_sharding_in_types(ctx, value, aval)
+
+
+def lower_fun(fn):
+  """`mlir.lower_fun(fn)` for a one-result rule; under explicit sharding,
+  fn is traced with its operands' and result's explicit axes made Auto (its
+  reshapes and convolutions stay unannotated: XLA partitions them) and the
+  result's sharding is attached at the end."""
+  lowered = mlir.lower_fun(fn, multiple_results=False)
+
+  def rule(ctx, *args, **params):
+    mesh = next((a.sharding.mesh for a in (*ctx.avals_in, *ctx.avals_out)
+                 if isinstance(getattr(a, "sharding", None), NamedSharding)
+                 and a.sharding.mesh.explicit_axes), None)
+    if mesh is None:
+      return lowered(ctx, *args, **params)
+    auto = mesh.update_axis_types({a: AxisType.Auto for a in mesh.explicit_axes})
+    untyped = lambda aval: aval.update(sharding=NamedSharding(auto, PartitionSpec()))
+    inner = ctx.replace(avals_in=[untyped(a) for a in ctx.avals_in],
+                        avals_out=[untyped(a) for a in ctx.avals_out])
+    with use_abstract_mesh(auto):
+      out, = lowered(inner, *args, **params)
+    return [finish(ctx, out, ctx.avals_out[0])]
+  return rule

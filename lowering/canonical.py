@@ -15,7 +15,7 @@ import numpy as np
 import jax.numpy as jnp
 from jax.interpreters import mlir
 
-from lowering._compat import finish, hlo, ir_type
+from lowering._compat import finish, hlo, ir_type, lower_fun
 from lowering.geometry import ConvSpec
 
 
@@ -113,4 +113,4 @@ def zeros(ctx, filt, dy):
                   for i, d in enumerate(out_aval.shape))
     return jnp.zeros(shape, out_aval.dtype)
 
-  return mlir.lower_fun(zeros, multiple_results=False)(ctx, filt, dy)
+  return lower_fun(zeros)(ctx, filt, dy)

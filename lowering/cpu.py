@@ -13,10 +13,10 @@ import functools
 import math
 
 import numpy as np
-from jax.interpreters import mlir
 
 from lowering import (canonical, depthwise, eigen_conv, gemm_col2im, grouped,
                       partners, subpixel, subpixel_fused)
+from lowering._compat import lower_fun
 from lowering.geometry import ConvSpec
 
 
@@ -210,7 +210,7 @@ def lower(ctx, filt, dy, *, spec: ConvSpec):
     return canonical.lower(ctx, filt, dy, spec=spec, accumulate_f32=True)
   fn = functools.partial(_STRATEGIES[name][0], spec=spec,
                          acc_dtype=_accumulation(out_aval.dtype))
-  return mlir.lower_fun(fn, multiple_results=False)(ctx, filt, dy)
+  return lower_fun(fn)(ctx, filt, dy)
 
 
 # The partner convolutions (the op's gradients).  XLA CPU's grouped

@@ -1,0 +1,181 @@
+"""Sharding rules of the three primitives under JAX's explicit sharding mode.
+
+With `AxisType.Explicit` mesh axes, shardings are part of the types
+(`jax.typeof(x)` shows `float32[8@data,16,16,8]`) and each primitive says
+how its result is sharded.  The rules, per activation layout `[N, *S, C]`
+(or `[N, C, *S]`) and filter `[*K, C_in / groups, C_out]`:
+
+  op      (filter, dy) -> result [N, *S, C_in]
+  forward (x, filter)  -> dy     [N, *S', C_out]
+  filter  (x, dy)      -> filter [*K, C_in / groups, C_out]
+
+* the batch follows the batched operand's batch;
+* the channels that survive follow the operand that carries them (the
+  op's result channels the filter's in-depth, the forward's the filter's
+  out-depth, the filter gradient's both), a grouped in-depth only if
+  unsharded (its channels interleave with the groups);
+* a sharded contracted dimension (the op's and forward's channels, the
+  filter gradient's batch) needs `out_sharding`, as
+  `jax.lax.conv_general_dilated` asks for it: the result is then reduced
+  and sharded as given;
+* spatial dimensions and filter windows must not be sharded.
+
+Anything else is a `ShardingTypeError` saying what to do.  Only explicit
+axes appear in types: in Auto mode and inside `shard_map` every rule
+returns None (the result is typed as before).
+"""
+from __future__ import annotations
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lowering.geometry import ConvSpec
+
+
+
+class ShardingTypeError(ValueError):
+  """An operand sharding the rules cannot type (JAX's own is not public)."""
+
+
+def _spec(aval) -> tuple:
+  """aval's partition spec, one entry per dim (None: not sharded)."""
+  sharding = getattr(aval, "sharding", None)
+  spec = tuple(sharding.spec) if isinstance(sharding, NamedSharding) else ()
+  return spec + (None,) * (len(aval.shape) - len(spec))
+
+
+def _mesh(*avals):
+  """The abstract mesh of the first aval with an explicitly sharded dim."""
+  for aval in avals:
+    if any(_spec(aval)):
+      return aval.sharding.mesh
+  return None
+
+
+def as_named(out_sharding):
+  """out_sharding as a NamedSharding (a PartitionSpec is on the current mesh)."""
+  if out_sharding is None or isinstance(out_sharding, NamedSharding):
+    return out_sharding
+  if isinstance(out_sharding, P):
+    return NamedSharding(jax.sharding.get_abstract_mesh(), out_sharding)
+  raise TypeError(f"out_sharding must be a PartitionSpec or NamedSharding, got "
+                  f"{out_sharding!r}")
+
+
+def _fail(what: str, operands: str) -> None:
+  raise ShardingTypeError(
+      f"{what} ({operands}); pass out_sharding= (a PartitionSpec or "
+      "NamedSharding for the result) to have the result reduced and sharded "
+      "as given, or reshard the operands (jax.sharding.reshard)")
+
+
+def _check_free(spec: ConvSpec, filter_spec, act_specs, names) -> None:
+  """Spatial dims of activations and windows of filters stay unsharded."""
+  if filter_spec is not None and any(filter_spec[:spec.ndim]):
+    _fail("the filter's window dims are sharded", names)
+  for act in act_specs:
+    if any(act[a] for a in spec.spatial_axes):
+      _fail("spatial dims are sharded", names)
+
+
+def _layout(spec: ConvSpec, batch, channels) -> P:
+  out = [None] * (spec.ndim + 2)
+  out[0], out[spec.feature_axis] = batch, channels
+  used = [a for e in out if e for a in ((e,) if isinstance(e, str) else e)]
+  if len(used) != len(set(used)):
+    raise ShardingTypeError(
+        f"the result would shard two dims over the same mesh axis ({P(*out)}); "
+        "pass out_sharding= or reshard the operands (jax.sharding.reshard)")
+  return P(*out)
+
+
+def _result(avals, out_sharding, rule):
+  """None where no operand has explicit axes; else the rule's sharding."""
+  out_sharding = as_named(out_sharding)
+  if out_sharding is not None:
+    return out_sharding
+  mesh = _mesh(*avals)
+  if mesh is None:
+    return None
+  names = ", ".join(f"{n} {jax.core.ShapedArray(a.shape, a.dtype).str_short()}"
+                    f" sharded {P(*_spec(a))}" for n, a in zip(rule.names, avals))
+  return NamedSharding(mesh, rule(*map(_spec, avals), names))
+
+
+def batched(rule, avals, dims, **params) -> NamedSharding:
+  """The sharding of a batched result (vmapped dim first): `rule` on the
+  operands without their vmapped dims, that dim's sharding in front."""
+  lead, unbatched = None, []
+  for aval, dim in zip(avals, dims):
+    spec = list(_spec(aval))
+    if dim is not None:
+      entry = spec.pop(dim)
+      if lead is not None and entry != lead:
+        raise ShardingTypeError(
+            f"the vmapped dims of the operands are sharded differently ({lead} "
+            f"and {entry}); reshard them alike (jax.sharding.reshard)")
+      lead = entry
+      aval = aval.update(shape=tuple(d for i, d in enumerate(aval.shape)
+                                     if i != dim))
+    mesh = aval.sharding.mesh
+    unbatched.append(aval.update(sharding=NamedSharding(mesh, P(*spec))))
+  inner = rule(*unbatched, **params) or NamedSharding(mesh, P())
+  rank = params["spec"].ndim + 2  # every result is an activation or filter
+  return NamedSharding(inner.mesh, P(
+      lead, *inner.spec, *(None,) * (rank - len(inner.spec))))
+
+
+def backprop_input(filt, dy, spec: ConvSpec, out_sharding=None):
+  n, c = spec.ndim, spec.feature_axis
+
+  def rule(f, d, names):
+    _check_free(spec, f, (d,), names)
+    if d[c] or f[n + 1]:
+      _fail("the contracted channels (out_backprop's depth, the filter's "
+            "out_depth) are sharded", names)
+    if f[n] and spec.groups > 1:
+      _fail("a grouped filter's in_depth is sharded", names)
+    return _layout(spec, d[0], f[n])
+  rule.names = ("filter", "out_backprop")
+  return _result((filt, dy), out_sharding, rule)
+
+
+def forward(x, filt, spec: ConvSpec, out_sharding=None):
+  n, c = spec.ndim, spec.feature_axis
+
+  def rule(a, f, names):
+    _check_free(spec, f, (a,), names)
+    if a[c] or f[n]:
+      _fail("the contracted channels (the input's depth, the filter's "
+            "in_depth) are sharded", names)
+    return _layout(spec, a[0], f[n + 1])
+  rule.names = ("input", "filter")
+  return _result((x, filt), out_sharding, rule)
+
+
+def backprop_filter(x, dy, spec: ConvSpec, out_sharding=None, kernel=None):
+  """(kernel: the primitive's parameter; the result's dims follow from spec.)"""
+  n, c = spec.ndim, spec.feature_axis
+
+  def rule(a, d, names):
+    _check_free(spec, None, (a, d), names)
+    if a[0] or d[0]:
+      _fail("the contracted batch is sharded", names)
+    if a[c] and spec.groups > 1:
+      _fail("a grouped input's depth is sharded", names)
+    out = [None] * n + [a[c], d[c]]
+    if a[c] and a[c] == d[c]:
+      _fail("input and out_backprop depths are sharded over the same axis",
+            names)
+    return P(*out)
+  rule.names = ("input", "out_backprop")
+  return _result((x, dy), out_sharding, rule)
+
+
+def of(aval):
+  """aval's sharding where sharding is in types (a transpose's
+  out_sharding: a cotangent is typed like its primal), else None."""
+  sharding = getattr(aval, "sharding", None)
+  if isinstance(sharding, NamedSharding) and sharding.mesh.explicit_axes:
+    return sharding
+  return None
