@@ -60,15 +60,18 @@ ad.defbilinear(
         x, ct, spec, _of(dy.aval)))
 
 
-def _batch_rule(args, dims, *, spec: ConvSpec):
+def _batch_rule(args, dims, *, spec: ConvSpec, after_batch=False):
+  """after_batch: fold a batched out_backprop in after its batch (a
+  batch sharded in its type then stays one block per device)."""
   filt, dy = args
   f_dim, dy_dim = dims
   n, c = spec.ndim, spec.feature_axis
   if f_dim is None:  # batched out_backprop only: fold into the batch
-    dy = jnp.moveaxis(dy, dy_dim, 0)
-    b, batch = dy.shape[:2]
-    out = conv_backprop_input(filt, dy.reshape(b * batch, *dy.shape[2:]), spec)
-    return out.reshape(b, batch, *out.shape[1:]), 0
+    at = int(after_batch)
+    dy = jnp.moveaxis(dy, dy_dim, at)
+    folded = dy.reshape(dy.shape[0] * dy.shape[1], *dy.shape[2:])
+    out = conv_backprop_input(filt, folded, spec)
+    return out.reshape(*dy.shape[:2], *out.shape[1:]), at
   filt = jnp.moveaxis(filt, f_dim, 0)
   b = filt.shape[0]
   if dy_dim is None and filt.shape[n + 1] == 1 and spec.groups > 1:
@@ -117,8 +120,15 @@ def _typed_batching(batch_rule, result_sharding):
   return rule
 
 
-batching.primitive_batchers[conv_backprop_input_p] = _typed_batching(
-    _batch_rule, sharding.backprop_input)
+def _batch_op(args, dims, **params):
+  dy, dy_dim = jax.typeof(args[1]), dims[1]
+  batch = 1 if dy_dim == 0 else 0  # out_backprop's own batch dim
+  after_batch = dims[0] is None and sharding.is_sharded(dy, batch)
+  return _typed_batching(functools.partial(_batch_rule, after_batch=after_batch),
+                         sharding.backprop_input)(args, dims, **params)
+
+
+batching.primitive_batchers[conv_backprop_input_p] = _batch_op
 batching.primitive_batchers[conv_forward_p] = _typed_batching(
     functools.partial(_batch_via_lax, forward_impl), sharding.forward)
 batching.primitive_batchers[conv_backprop_filter_p] = _typed_batching(

@@ -44,6 +44,11 @@ def _spec(aval) -> tuple:
   return spec + (None,) * (len(aval.shape) - len(spec))
 
 
+def is_sharded(aval, dim: int) -> bool:
+  """Whether dim `dim` of aval is sharded in its type."""
+  return dim < len(aval.shape) and bool(_spec(aval)[dim])
+
+
 def _mesh(*avals):
   """The abstract mesh of the first aval with an explicitly sharded dim."""
   for aval in avals:

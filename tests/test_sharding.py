@@ -53,3 +53,79 @@ def test_patterns(summary, key):
   assert s["filter_out_channels_with_dy_channels"]["collectives"] == {"all-reduce": 1}
   assert s["2d_data_and_channels"]["collectives"] == {"all-reduce": 1}
   assert s["2d_data_and_channels"]["out_spec"] == "P('data',)"
+
+
+# --- explicit sharding mode (tests/explicit_main.py) ----------------------
+
+@pytest.fixture(scope="module")
+def explicit():
+  env = {**os.environ, "PYTHONPATH": str(ROOT),
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  proc = subprocess.run([sys.executable, "-m", "tests.explicit_main"],
+                        capture_output=True, text=True, cwd=ROOT, env=env,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+DATA, REP = "P('data', None, None, None)", "P(None, None, None, None)"
+# pattern: (result types, collectives), as README's table says
+EXPLICIT = {
+    "data_parallel": ([DATA], {}),
+    "mixed_explicit_data_auto_model": ([DATA], {}),
+    "grads": ([REP, DATA], {"all-reduce": 1}),
+    "second_order": ([REP], {"all-reduce": 1}),
+    "vmap_filters": (["P(None, 'data', None, None, None)"], {}),
+    "vmap_out_backprop": (["P(None, 'data', None, None, None)"], {}),
+    "vmap_of_grad": (["P(None, None, None, None, None)"], {"all-reduce": 1}),
+    "grad_of_vmap": (["P(None, None, None, None, None)"], {"all-reduce": 1}),
+}
+EXPLICIT_DENSE = {
+    "filter_in_channels": (["P(None, None, None, 'data')"], {}),
+    "contracted_channels": ([REP], {"all-reduce": 1}),
+    "2d_data_and_channels": ([DATA], {"all-reduce": 1}),
+}
+
+
+@pytest.mark.parametrize("strategy", ("chosen", *STRATEGIES))
+def test_explicit_mode_patterns(explicit, strategy):
+  s = explicit[strategy]
+  if strategy != "chosen":  # the forced strategy is what lowered
+    assert s["lowered"] == [strategy]
+  expected = dict(EXPLICIT)
+  if strategy not in ("grouped", "depthwise"):
+    expected.update(EXPLICIT_DENSE)
+  assert set(s) - {"lowered"} == set(expected)
+  for name, (types, counts) in expected.items():
+    assert s[name]["type"] == types, (name, s[name])
+    assert s[name]["collectives"] == counts, (name, s[name])
+
+
+def test_explicit_mode_every_op_of_the_family(explicit):
+  import jaxconv
+  family = explicit["family"]
+  assert set(family) == set(jaxconv.raw_ops.__all__)
+  for name, s in family.items():
+    rank = 5 if "3D" in name else 4
+    data = "P('data'" + ", None" * (rank - 1) + ")"
+    rep = "P(" + ", ".join(["None"] * rank) + ")"
+    if "Filter" in name:  # contracted batch: reduced to the out_sharding given
+      assert (s["type"], s["collectives"]) == (rep, {"all-reduce": 1}), name
+      assert s["grad_types"] == [data, data], name
+    else:
+      assert (s["type"], s["collectives"]) == (data, {}), name
+      assert s["grad_types"] == [rep, data], name
+    assert s["grad_collectives"] == {"all-reduce": 1}, name
+
+
+def test_explicit_mode_export_and_errors(explicit):
+  assert explicit["export"] == {"out_type": "float32[16@data,16,16,8]",
+                                "platforms": ["cuda", "tpu"],
+                                "sharded_result": True, "convolutions": 1}
+  errors = explicit["errors"]
+  assert "spatial dims are sharded" in errors["spatial"]
+  assert "window dims are sharded" in errors["filter_window"]
+  assert "contracted channels" in errors["contracted_channels"]
+  assert "contracted batch" in errors["filter_grad_batch"]
+  for message in errors.values():
+    assert "out_sharding=" in message and "jax.sharding.reshard" in message
