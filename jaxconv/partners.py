@@ -69,7 +69,7 @@ for _p, _name, _shape in ((conv_forward_p, "forward", _forward_shape),
                           (conv_backprop_filter_p, "backprop_filter",
                            _filter_shape)):
   _p.def_abstract_eval(
-      lambda a, b, *, out_sharding, _shape=_shape, _name=_name, **params:
+      lambda a, b, *, out_sharding=None, _shape=_shape, _name=_name, **params:
       typed(_shape(a, b, **params), a.dtype, _SHARDING[_name](
           a, b, out_sharding=out_sharding, **params)))
   def_eager_impl(_p)

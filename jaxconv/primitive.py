@@ -119,7 +119,7 @@ def typed(shape, dtype, out_sharding) -> jax.core.ShapedArray:
   return jax.core.ShapedArray(shape, dtype, sharding=out_sharding)
 
 
-def _abstract_eval(filt, dy, *, spec: ConvSpec, out_sharding):
+def _abstract_eval(filt, dy, *, spec: ConvSpec, out_sharding=None):
   if filt.dtype != dy.dtype:
     raise TypeError("filter and out_backprop must have the same dtype, got "
                     f"{filt.dtype} and {dy.dtype}")
@@ -147,5 +147,5 @@ for _platform, _rule in lowering.platform_rules().items():
   # The result aval carries out_sharding; the back end reads it there.
   mlir.register_lowering(
       conv_backprop_input_p,
-      lambda ctx, *args, out_sharding, _rule=_rule, **params: _rule(
+      lambda ctx, *args, out_sharding=None, _rule=_rule, **params: _rule(
           ctx, *args, **params), platform=_platform)

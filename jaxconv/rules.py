@@ -42,21 +42,21 @@ def _kernel(filt_aval, spec):
 _of = sharding.of  # the cotangent's type: its primal's sharding
 ad.defbilinear(
     conv_backprop_input_p,
-    lambda ct, w, dy, *, spec, out_sharding: conv_backprop_filter(
+    lambda ct, w, dy, *, spec, out_sharding=None: conv_backprop_filter(
         ct, dy, spec, _kernel(w.aval, spec), _of(w.aval)),
-    lambda ct, w, dy, *, spec, out_sharding: conv_forward(
+    lambda ct, w, dy, *, spec, out_sharding=None: conv_forward(
         ct, w, spec, _of(dy.aval)))
 ad.defbilinear(
     conv_forward_p,
-    lambda ct, x, w, *, spec, out_sharding: conv_backprop_input(
+    lambda ct, x, w, *, spec, out_sharding=None: conv_backprop_input(
         w, ct, spec, _of(x.aval)),
-    lambda ct, x, w, *, spec, out_sharding: conv_backprop_filter(
+    lambda ct, x, w, *, spec, out_sharding=None: conv_backprop_filter(
         x, ct, spec, _kernel(w.aval, spec), _of(w.aval)))
 ad.defbilinear(
     conv_backprop_filter_p,
-    lambda ct, x, dy, *, spec, kernel, out_sharding: conv_backprop_input(
+    lambda ct, x, dy, *, spec, kernel, out_sharding=None: conv_backprop_input(
         ct, dy, spec, _of(x.aval)),
-    lambda ct, x, dy, *, spec, kernel, out_sharding: conv_forward(
+    lambda ct, x, dy, *, spec, kernel, out_sharding=None: conv_forward(
         x, ct, spec, _of(dy.aval)))
 
 
@@ -106,7 +106,7 @@ def _batch_via_lax(impl, args, dims, **params):
 
 def _typed_batching(batch_rule, result_sharding):
   """batch_rule, under explicit sharding run with Auto axes and typed."""
-  def rule(args, dims, *, out_sharding, **params):
+  def rule(args, dims, *, out_sharding=None, **params):
     avals = [jax.typeof(a) for a in args]
     if out_sharding is None and not any(map(_of, avals)):
       return batch_rule(args, dims, **params)
