@@ -39,11 +39,14 @@ def spatial(values, fmt):
 
 
 def _window_form(rng, values, fmt, n):
-  """strides/dilations as TF's wrappers take them: int, [v], n or n + 2."""
+  """strides/dilations as TF's wrappers take them: int, [v], n or n + 2,
+  or None for all ones."""
   sp = spatial(values, fmt)
   forms = [values]
   if len(set(sp)) == 1:
     forms += [sp[0], [sp[0]]]
+  if set(sp) == {1}:
+    forms.append(None)
   forms.append(sp)
   return forms[int(rng.integers(len(forms)))]
 
