@@ -110,24 +110,25 @@ def _result(avals, out_sharding, rule):
 def batched(rule, avals, dims, **params) -> NamedSharding:
   """The sharding of a batched result (vmapped dim first): `rule` on the
   operands without their vmapped dims, that dim's sharding in front."""
-  lead, unbatched = None, []
+  leads, unbatched = set(), []
   for aval, dim in zip(avals, dims):
     spec = list(_spec(aval))
+    shape = list(aval.shape)
     if dim is not None:
-      entry = spec.pop(dim)
-      if lead is not None and entry != lead:
-        raise ShardingTypeError(
-            f"the vmapped dims of the operands are sharded differently ({lead} "
-            f"and {entry}); reshard them alike (jax.sharding.reshard)")
-      lead = entry
-      aval = aval.update(shape=tuple(d for i, d in enumerate(aval.shape)
-                                     if i != dim))
+      leads.add(spec.pop(dim))
+      del shape[dim]
     mesh = aval.sharding.mesh
-    unbatched.append(aval.update(sharding=NamedSharding(mesh, P(*spec))))
+    unbatched.append(aval.update(shape=tuple(shape),
+                                 sharding=NamedSharding(mesh, P(*spec))))
+  if len(leads) > 1:
+    raise ShardingTypeError(
+        f"the vmapped dims of the operands are sharded differently "
+        f"({' and '.join(map(str, leads))}); reshard them alike "
+        "(jax.sharding.reshard)")
   inner = rule(*unbatched, **params) or NamedSharding(mesh, P())
   rank = params["spec"].ndim + 2  # every result is an activation or filter
   return NamedSharding(inner.mesh, P(
-      lead, *inner.spec, *(None,) * (rank - len(inner.spec))))
+      *leads, *inner.spec, *(None,) * (rank - len(inner.spec))))
 
 
 def backprop_input(filt, dy, spec: ConvSpec, out_sharding=None):

@@ -183,9 +183,14 @@ def check_family() -> dict:
     grads = jax.grad(lambda a, dy: jnp.sum(jnp.sin(fn(a, dy))), argnums=(0, 1))
     got_g, c_g = run(mesh, grads, (a, a_spec), (dy, data))
     close(got_g, grads(a, dy), name + " grads")
+    batched = jax.vmap(fn, in_axes=(None, 0))  # vmap over out_backprop
+    dys = jnp.stack([dy, -dy])
+    got_v, c_v = run(mesh, batched, (a, a_spec), (dys, P(None, "data")))
+    close(got_v, batched(a, dys), name + " vmap")
     out[name] = {"type": spec_of(got), "collectives": c,
                  "grad_types": [spec_of(g) for g in got_g],
-                 "grad_collectives": c_g}
+                 "grad_collectives": c_g, "vmap_type": spec_of(got_v),
+                 "vmap_collectives": c_v}
   return out
 
 

@@ -112,9 +112,13 @@ def test_explicit_mode_every_op_of_the_family(explicit):
     if "Filter" in name:  # contracted batch: reduced to the out_sharding given
       assert (s["type"], s["collectives"]) == (rep, {"all-reduce": 1}), name
       assert s["grad_types"] == [data, data], name
+      assert s["vmap_type"] == "P(None" + ", None" * rank + ")", name
+      assert s["vmap_collectives"] == {"all-reduce": 1}, name
     else:
       assert (s["type"], s["collectives"]) == (data, {}), name
       assert s["grad_types"] == [rep, data], name
+      assert s["vmap_type"] == "P(None, 'data'" + ", None" * (rank - 1) + ")"
+      assert s["vmap_collectives"] == {}, name
     assert s["grad_collectives"] == {"all-reduce": 1}, name
 
 
