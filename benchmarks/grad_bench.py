@@ -9,7 +9,7 @@ filter gradient of that forward conv; and a vmapped batch of B filters vs
 one call (the vmapped batch should cost about B single calls' FLOPs in ONE
 grouped call).  Target: within 1.25x of the standard convolutions (CPU);
 for grouped layers the standard ones are XLA CPU's grouped convolutions,
-which the op's gradients avoid (lowering/grouped.py), so expect ratios far
+which the op's gradients avoid (lowering/cpu/grouped.py), so expect ratios far
 below 1 there (and a slow run: XLA's grouped filter gradient takes seconds).
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ matmul of the same useful FLOPs (the machine's practical limit).  Medians
 over interleaved repetitions in one process; useful GFLOP/s; ratio of
 jaxconv to the best peer (TF, PyTorch, canonical); compile times; peak
 memory from XLA's memory analysis.  --strategies also times every CPU
-strategy that applies (how lowering/cpu.py's rules were chosen).  The
+strategy that applies (how lowering/cpu/__init__.py's rules were chosen).  The
 process re-executes itself once with glibc's malloc thresholds pinned and
 warms up on the first class, so that every candidate runs at its steady
 state (benchmarks/timing.py says why).
@@ -323,7 +323,7 @@ def run_case(case, reps, with_strategies, rng):
   peers = [times[k] for k in ("tensorflow", "pytorch", "canonical") if k in times]
   best_peer = min(peers)
   if case.op == "filter":
-    strategy, reason = "filter-grad", "lowering/cpu.py backprop_filter"
+    strategy, reason = "filter-grad", "lowering/cpu/__init__.py backprop_filter"
   else:
     strategy, reason = cpu.choose(_spec(b), case.filter, case.dtype,
                                   case.input[0])

@@ -214,7 +214,7 @@ def main(argv=None) -> int:
              else "with lhs_dilation = strides and the reversed kernel)"))
     elif config.filter_gradient:
       log("exported form: cpu: XLA CPU's tuned filter-gradient form "
-          "(lowering/cpu.py); other platforms portable")
+          "(lowering/cpu/); other platforms portable")
     else:
       name, reason = config.cpu_strategy(symbolic_batch=bool(args.batch))
       if args.cpu_strategy != "auto":

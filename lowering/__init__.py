@@ -19,7 +19,7 @@ def platform_rules():
       # GPU/TPU: the canonical form, which cuDNN / the TPU compiler recognise
       # and which accumulate half precision in float32 in hardware.
       None: canonical.lower,
-      # CPU: a strategy chosen per configuration (see lowering/cpu.py).
+      # CPU: a strategy chosen per configuration (see lowering/cpu/).
       "cpu": cpu.lower,
   }
 

@@ -4,9 +4,9 @@
 `backprop_filter` TF's Conv2DBackpropFilter for that forward conv; they
 are the op's transposes (jaxconv/rules.py).  These `lax` forms are what
 XLA's fast paths expect on every platform for one feature group; on CPU,
-lowering/cpu.py lowers feature groups by dense block-diagonal sub-problems
-(lowering/grouped.py) and keeps one-group ones off YNNPACK where that
-measured faster (lowering/eigen_conv.py).
+lowering/cpu/ lowers feature groups by dense block-diagonal sub-problems
+(lowering/cpu/grouped.py) and keeps one-group ones off YNNPACK where that
+measured faster (lowering/cpu/eigen_conv.py).
 """
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def check(dtype, strategy) -> dict:
                                atol=tol * 10)
   # Grouped layers too: XLA's SPMD partitioner all-gathers the batch of a
   # grouped convolution (feature_group_count > 1), but on CPU the partner
-  # convolutions of a grouped op are dense sub-problems (lowering/grouped.py).
+  # convolutions of a grouped op are dense sub-problems (lowering/cpu/grouped.py).
   assert c == {"all-reduce": 1}, c
   assert tuple(gdy.sharding.spec)[:1] == ("data",), gdy.sharding.spec
   results["data_parallel_grads"] = {"collectives": c,

@@ -1,4 +1,4 @@
-"""lowering/eigen_conv.py: the same convolution, on XLA CPU's Eigen kernel."""
+"""lowering/cpu/eigen_conv.py: the same convolution, on XLA CPU's Eigen kernel."""
 import re
 
 import jax
@@ -9,7 +9,8 @@ from jax import export, lax
 
 import jaxconv
 import lowering
-from lowering import cpu, eigen_conv, geometry, partners
+from lowering import cpu, geometry, partners
+from lowering.cpu import eigen_conv
 
 
 def ynn_convolutions(fn, *args):

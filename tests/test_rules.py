@@ -188,7 +188,7 @@ class FastFormsTest(parameterized.TestCase):
       self.assertNotIn("rhs_reversal=1", conv)
       if jax.default_backend() == "cpu":
         # Dense sub-problems, not XLA CPU's grouped convolutions (slow; the
-        # batch-grouped filter gradient takes seconds): lowering/grouped.py.
+        # batch-grouped filter gradient takes seconds): lowering/cpu/grouped.py.
         self.assertNotRegex(conv, r"(feature|batch)_group_count=(?!1\b)\d")
 
 

@@ -129,7 +129,7 @@ def test_gradients_in_1d_to_3d(ndim):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
 def test_cpu_partners_match_the_standard_forms(dtype):
-  # Grouped and depthwise partner convolutions on CPU (lowering/cpu.py) vs
+  # Grouped and depthwise partner convolutions on CPU (lowering/cpu/__init__.py) vs
   # the standard lax forms, 1-3 spatial dims, both layouts, multipliers.
   rng = np.random.default_rng(3)
   tol = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 2e-2}[dtype]
@@ -275,7 +275,7 @@ def test_choice_is_visible():
 
 @pytest.mark.parametrize("fmt, sizes, fshape, stride, dtype, want", [
     # The automatic choice on layer classes of benchmarks/suite.py (the
-    # measured winners recorded in lowering/cpu.py's rules).
+    # measured winners recorded in lowering/cpu/__init__.py's rules).
     ("NHWC", [8, 64, 64, 64], (3, 3, 64, 128), 2, "float32", "gemm_col2im"),
     ("NCHW", [8, 64, 64, 64], (3, 3, 64, 128), 2, "float32", "gemm_col2im"),
     ("NHWC", [8, 64, 64, 64], (2, 2, 64, 128), 2, "float32", "gemm_col2im"),

@@ -16,7 +16,8 @@ import dataclasses
 import jax.numpy as jnp
 from jax import lax
 
-from lowering import partners, subpixel
+from lowering import partners
+from lowering.cpu import subpixel
 from lowering.geometry import ConvSpec
 
 TARGET_CHANNELS = 16

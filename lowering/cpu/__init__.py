@@ -14,8 +14,9 @@ import math
 
 import numpy as np
 
-from lowering import (canonical, depthwise, eigen_conv, gemm_col2im, grouped,
-                      partners, subpixel, subpixel_fused)
+from lowering import canonical, partners
+from lowering.cpu import (depthwise, eigen_conv, gemm_col2im, grouped, subpixel,
+                         subpixel_fused)
 from lowering._compat import lower_fun
 from lowering.geometry import ConvSpec
 
@@ -98,7 +99,7 @@ def choose(spec: ConvSpec, filter_shape, dtype,
   in NCHW (unet-up NCHW: gemm_col2im 10.3 ms vs 15.0 canonical; thin:
   subpixel_fused 17.5 vs 73.6; dcgan: subpixel 52.3 vs 83.1; dense s1:
   subpixel 14.7-15.2 vs 25.7-30.0 canonical).  Every convolution the
-  strategies other than `canonical` emit goes through lowering/eigen_conv.py.
+  strategies other than `canonical` emit goes through lowering/cpu/eigen_conv.py.
   """
   n = spec.ndim
   dtype = np.dtype(dtype)
@@ -128,7 +129,7 @@ def choose(spec: ConvSpec, filter_shape, dtype,
           "memory")
     return "subpixel", (
         "stride 1: one forward convolution on XLA's Eigen kernel, not "
-        "YNNPACK (lowering/eigen_conv.py; dense s1 56x56 64: 9.8-14.7 ms "
+        "YNNPACK (lowering/cpu/eigen_conv.py; dense s1 56x56 64: 9.8-14.7 ms "
         "vs 14.2-24.9 canonical, NCHW 14.7-15.2 vs 25.7-30.0)")
   if any(d > 1 for d in spec.dilations) and math.prod(kernel) > 1:
     return "subpixel", (
@@ -241,7 +242,7 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   (g32 28x28 256: 15.2 ms vs 6,969 batch-grouped convolution); 2-D float32
   with up to 3 kernel rows and channels in x channels out >= 4096 as one
   1-D convolution on Eigen rather than YNNPACK's 2-D one
-  (lowering/eigen_conv.py; filter gradients of the suite's op, ms, NHWC /
+  (lowering/cpu/eigen_conv.py; filter gradients of the suite's op, ms, NHWC /
   NCHW: dense 64x64 37-41 vs 59-62 / 34-36 vs 54, unet-up 64x128 14-16 vs
   33-34 / 15-16 vs 32-33, 1x1 256x512 22-27 vs 114-117 / 21-22 vs 97; the
   2-D one is as fast or faster for DCGAN k5 128x256, 50-65 vs 36-76, ahead

@@ -12,7 +12,8 @@ import numpy as np
 import jax.numpy as jnp
 from jax import lax
 
-from lowering import eigen_conv, phases
+from lowering import phases
+from lowering.cpu import eigen_conv
 from lowering.geometry import ConvSpec
 
 

@@ -14,7 +14,8 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from lowering import eigen_conv, phases
+from lowering import phases
+from lowering.cpu import eigen_conv
 from lowering.geometry import ConvSpec
 
 
