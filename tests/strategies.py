@@ -233,7 +233,7 @@ def family_invalid_calls(draw):
                                  value.startswith("$")):
     kw[key] = _bad_tensor(draw, value, case)
   elif key in ("strides", "dilations"):
-    if isinstance(value, int):
+    if value is None or isinstance(value, int):  # None: all ones
       kw[key] = draw(st.sampled_from([0, -1, -2**40, "2", 2.5]))
     else:
       values = list(value)

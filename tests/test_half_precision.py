@@ -108,3 +108,28 @@ def test_depthwise_partners_accumulate_in_float32(dtype, narrow, monkeypatch):
                              (dw, want_w, dtype == "float16")):
     wrong = np.mean(np.asarray(got) != want.astype(dtype))
     assert wrong > 0.05 if narrow and visible else wrong == 0, wrong
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("dtype", HALF)
+def test_strided_filter_gradient_accumulates_in_float32(dtype, ndim,
+                                                        monkeypatch):
+  # lowering/cpu/tap_dots.py: one dot per tap, float32 results rounded once.
+  from lowering.cpu import tap_dots
+  calls, original = [], tap_dots.backprop_filter
+  monkeypatch.setattr(tap_dots, "backprop_filter", lambda *a, **k: calls.append(
+      k["acc_dtype"]) or original(*a, **k))
+  sizes, pads, dy_sizes = (7, 6, 5)[:ndim], ((1, 1), (0, 1), (1, 0))[:ndim], (
+      4, 3, 2)[:ndim]  # dy: (size + pads - 3) // 2 + 1
+  spec = lowering.ConvSpec(input_spatial=sizes, strides=(2,) * ndim,
+                           dilations=(1,) * ndim, padding=pads)
+  rng = np.random.default_rng(2)
+  x = _draw(rng, (2, *sizes, 4), dtype)
+  dy = _draw(rng, (2, *dy_sizes, 6), dtype)
+  want = reference.backprop_filter(
+      x, dy, kernel=(3,) * ndim, groups=1, strides=spec.strides,
+      dilations=spec.dilations, padding="EXPLICIT", explicit=pads)
+  dw = jax.jit(lambda x, dy: cpu.backprop_filter(x, dy, spec=spec,
+                                                 kernel=(3,) * ndim))(x, dy)
+  assert calls == [np.float32]
+  np.testing.assert_array_equal(np.asarray(dw), want.astype(dtype))
