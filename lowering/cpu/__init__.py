@@ -154,6 +154,11 @@ def choose(spec: ConvSpec, filter_shape, dtype,
     return "gemm_col2im", (
         "few result channels or a 1x1 kernel: one dot + per-phase col2im "
         "(stem 3->64 k7: 3.5 ms vs 7.6 canonical; 1x1 s2: 13.3 vs 15.6)")
+  if n == 3:
+    return "subpixel", (
+        "3-D, stride > 1: stride-1 convolutions per phase, each as 2-D ones "
+        "per depth tap (lowering/cpu/eigen_conv.py; 3-D unet-up s2 32^3 "
+        "32<-64: 1.96 ms vs 3.11 GEMM, TF 2.04)")
   if math.prod(kernel) * co >= 4096:
     return "subpixel", (
         "large kernel x channels: stride-1 convolutions per phase (dcgan k5 "
