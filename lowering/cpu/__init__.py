@@ -254,7 +254,9 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   33-34 / 15-16 vs 32-33, 1x1 256x512 22-27 vs 114-117 / 21-22 vs 97; the
   2-D one is as fast or faster for DCGAN k5 128x256, 50-65 vs 36-76, ahead
   in four of six runs, and wins below the channel bound: thin 32x32 k4
-  52-59 vs 35-40, 64x32 k3 s2 8.2-9.2 vs 7.7-7.9)."""
+  52-59 vs 35-40, 64x32 k3 s2 8.2-9.2 vs 7.7-7.9).  Strided ones with one
+  group before all those: one dot per filter tap (lowering/cpu/tap_dots.py);
+  3-D stride-1 ones: one 2-D filter gradient per depth tap."""
   if _portable.get():
     return partners.backprop_filter(x, dy, spec=spec, kernel=kernel)
   c = spec.feature_axis
