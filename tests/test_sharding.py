@@ -1,6 +1,7 @@
-"""Sharded execution on 8 simulated CPU devices, in a child process (the
+"""Sharded execution on 8 simulated CPU devices, in child processes (the
 device-count flag must be set before JAX starts; the rest of the suite keeps
-one device).  The checks themselves live in tests/sharding_main.py."""
+one device).  The checks themselves live in tests/sharding_main.py (Auto
+mode, shard_map) and tests/explicit_main.py (explicit sharding)."""
 import json
 import os
 import pathlib
@@ -12,15 +13,19 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def summary():
+def _summary_of(module: str) -> dict:
+  """Run `python -m module` on 8 simulated devices; its JSON summary."""
   env = {**os.environ, "PYTHONPATH": str(ROOT),
          "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  proc = subprocess.run([sys.executable, "-m", "tests.sharding_main"],
-                        capture_output=True, text=True, cwd=ROOT, env=env,
-                        timeout=900)
+  proc = subprocess.run([sys.executable, "-m", module], capture_output=True,
+                        text=True, cwd=ROOT, env=env, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def summary():
+  return _summary_of("tests.sharding_main")
 
 
 STRATEGIES = ("canonical", "gemm_col2im", "subpixel",
@@ -59,13 +64,7 @@ def test_patterns(summary, key):
 
 @pytest.fixture(scope="module")
 def explicit():
-  env = {**os.environ, "PYTHONPATH": str(ROOT),
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  proc = subprocess.run([sys.executable, "-m", "tests.explicit_main"],
-                        capture_output=True, text=True, cwd=ROOT, env=env,
-                        timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return _summary_of("tests.explicit_main")
 
 
 DATA, REP = "P('data', None, None, None)", "P(None, None, None, None)"
