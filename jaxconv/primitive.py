@@ -30,8 +30,9 @@ SUPPORTED_DTYPES = tuple(
 
 def conv_backprop_input(filt, out_backprop, spec: ConvSpec, out_sharding=None):
   """Bind the primitive (inputs already validated by the API layer)."""
-  return conv_backprop_input_p.bind(filt, out_backprop, spec=spec,
-                                    out_sharding=sharding.as_named(out_sharding))
+  return conv_backprop_input_p.bind(
+      filt, out_backprop, spec=spec,
+      out_sharding=sharding.as_named(out_sharding))
 
 
 def _shape_rule(filt, dy, spec: ConvSpec):

@@ -124,8 +124,8 @@ def _batch_op(args, dims, **params):
   dy, dy_dim = jax.typeof(args[1]), dims[1]
   batch = 1 if dy_dim == 0 else 0  # out_backprop's own batch dim
   after_batch = dims[0] is None and sharding.is_sharded(dy, batch)
-  return _typed_batching(functools.partial(_batch_rule, after_batch=after_batch),
-                         sharding.backprop_input)(args, dims, **params)
+  rule = functools.partial(_batch_rule, after_batch=after_batch)
+  return _typed_batching(rule, sharding.backprop_input)(args, dims, **params)
 
 
 batching.primitive_batchers[conv_backprop_input_p] = _batch_op

@@ -58,7 +58,7 @@ def _mesh(*avals):
 
 
 def as_named(out_sharding):
-  """out_sharding as a NamedSharding (a PartitionSpec is on the current mesh)."""
+  """out_sharding as a NamedSharding (a PartitionSpec: on the current mesh)."""
   if out_sharding is None or isinstance(out_sharding, NamedSharding):
     return out_sharding
   if isinstance(out_sharding, P):
@@ -102,8 +102,9 @@ def _result(avals, out_sharding, rule):
   mesh = _mesh(*avals)
   if mesh is None:
     return None
-  names = ", ".join(f"{n} {jax.core.ShapedArray(a.shape, a.dtype).str_short()}"
-                    f" sharded {P(*_spec(a))}" for n, a in zip(rule.names, avals))
+  names = ", ".join(
+      f"{n} {jax.core.ShapedArray(a.shape, a.dtype).str_short()} sharded "
+      f"{P(*_spec(a))}" for n, a in zip(rule.names, avals))
   return NamedSharding(mesh, rule(*map(_spec, avals), names))
 
 

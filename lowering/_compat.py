@@ -8,7 +8,8 @@ Checked with jax/jaxlib 0.10.x (the range pyproject.toml declares).
 """
 from jax.extend.mlir import lower_with_sharding_in_types
 from jax.interpreters import mlir
-from jax.sharding import AxisType, NamedSharding, PartitionSpec, use_abstract_mesh
+from jax.sharding import (AxisType, NamedSharding, PartitionSpec,
+                          use_abstract_mesh)
 from jaxlib.mlir.dialects import stablehlo as hlo
 
 __all__ = ["hlo", "ir_type", "finish", "lower_fun"]
@@ -37,10 +38,12 @@ def lower_fun(fn):
                  and a.sharding.mesh.explicit_axes), None)
     if mesh is None:
       return lowered(ctx, *args, **params)
-    auto = mesh.update_axis_types({a: AxisType.Auto for a in mesh.explicit_axes})
-    untyped = lambda aval: aval.update(sharding=NamedSharding(auto, PartitionSpec()))
-    inner = ctx.replace(avals_in=[untyped(a) for a in ctx.avals_in],
-                        avals_out=[untyped(a) for a in ctx.avals_out])
+    auto = mesh.update_axis_types(
+        {a: AxisType.Auto for a in mesh.explicit_axes})
+    untyped = NamedSharding(auto, PartitionSpec())
+    inner = ctx.replace(
+        avals_in=[a.update(sharding=untyped) for a in ctx.avals_in],
+        avals_out=[a.update(sharding=untyped) for a in ctx.avals_out])
     with use_abstract_mesh(auto):
       out, = lowered(inner, *args, **params)
     return [finish(ctx, out, ctx.avals_out[0])]

@@ -3,7 +3,8 @@
     jaxconv.flax.nnx.ConvTranspose      # a flax.nnx.Module
     jaxconv.flax.linen.ConvTranspose    # a flax.linen.Module
     jaxconv.flax.nnx.from_keras(layer) / from_torch(module)
-    jaxconv.flax.linen.from_keras(layer) / from_torch(module)  # (module, variables)
+    jaxconv.flax.linen.from_keras(layer) / from_torch(module)
+                                        # -> (module, variables)
 
 Both modules hold only parameters; the computation is one functional core
 (`functional.ConvTransposeConfig`) that binds the family's primitive.

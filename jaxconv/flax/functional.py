@@ -33,7 +33,8 @@ def _ints(value, name: str, n: int, minimum: int) -> tuple[int, ...]:
     raise ValueError(f"{name} must be an int or {n} ints, got {value!r}")
   values = tuple(map(operator.index, values))
   if min(values) < minimum:
-    raise ValueError(f"{name} must be >= {minimum} in every entry, got {value!r}")
+    raise ValueError(f"{name} must be >= {minimum} in every entry, got "
+                     f"{value!r}")
   return values
 
 
@@ -62,7 +63,8 @@ class ConvTransposeConfig:
     kernel_size = (kernel_size,) if _is_int(kernel_size) else kernel_size
     n = len(tuple(kernel_size))
     if not 1 <= n <= 3:
-      raise ValueError(f"kernel_size must have 1 to 3 entries, got {kernel_size!r}")
+      raise ValueError(f"kernel_size must have 1 to 3 entries, got "
+                       f"{kernel_size!r}")
     kernel = _ints(kernel_size, "kernel_size", n, 1)
     strides = _ints(strides, "strides", n, 1)
     dilation = _ints(dilation, "kernel_dilation", n, 1)
@@ -73,7 +75,7 @@ class ConvTransposeConfig:
       padding = padding.upper()
       limits = strides  # Keras: output_padding < stride
     else:
-      pairs = tuple(padding) if not _is_int(padding) else ((padding, padding),) * n
+      pairs = ((padding, padding),) * n if _is_int(padding) else tuple(padding)
       if len(pairs) != n:
         raise ValueError(f"padding must be 'SAME', 'VALID' or {n} (before, "
                          f"after) pairs, got {padding!r}")
@@ -83,12 +85,13 @@ class ConvTransposeConfig:
     if output_padding is not None:
       output_padding = _ints(output_padding, "output_padding", n, 0)
       if any(p >= lim for p, lim in zip(output_padding, limits)):
-        raise ValueError(
-            f"output_padding {output_padding} must be smaller than the "
-            f"{'strides' if isinstance(padding, str) else 'strides or dilations'}"
-            f" {limits} in every entry")
+        what = ("strides" if isinstance(padding, str)
+                else "strides or dilations")
+        raise ValueError(f"output_padding {output_padding} must be smaller "
+                         f"than the {what} {limits} in every entry")
     if not _is_int(groups) or groups < 1:
-      raise ValueError(f"feature_group_count must be a positive int, got {groups!r}")
+      raise ValueError(f"feature_group_count must be a positive int, got "
+                       f"{groups!r}")
     return cls(kernel, strides, padding, output_padding, dilation,
                operator.index(groups), bool(channels_first))
 
@@ -96,7 +99,7 @@ class ConvTransposeConfig:
   def ndim(self) -> int:
     return len(self.kernel_size)
 
-  def kernel_shape(self, in_features: int, out_features: int) -> tuple[int, ...]:
+  def kernel_shape(self, in_features: int, out_features: int) -> tuple:
     """Keras's layout `[*K, out_features / groups, in_features]`."""
     for name, value in (("in_features", in_features),
                         ("out_features", out_features)):
@@ -121,7 +124,8 @@ class ConvTransposeConfig:
                        f"transposed conv, got shape {x.shape}")
     if tuple(kernel.shape[:n]) != self.kernel_size or kernel.ndim != n + 2:
       raise ValueError(f"kernel must have shape [*{self.kernel_size}, "
-                       f"out_features / groups, in_features], got {kernel.shape}")
+                       "out_features / groups, in_features], got "
+                       f"{kernel.shape}")
     spatial = x.shape[2:] if self.channels_first else x.shape[1:-1]
     out = self._output_sizes(spatial, output_shape)
     windows = tuple(zip(out, spatial, self.kernel_size, self.strides,

@@ -38,7 +38,8 @@ def swap(converters: dict) -> dict:
   if any(lookup(name) is not fn or unsupported([name])
          for name, fn in converters.items()):
     restore(saved)
-    raise _broken("its converter lookup no longer reads tf2jax._src.ops._jax_ops")
+    raise _broken(
+        "its converter lookup no longer reads tf2jax._src.ops._jax_ops")
   return saved
 
 

@@ -81,9 +81,10 @@ def _family(op_name: str):
   """The parser of one of the family's ops, by its jaxconv.raw_ops function."""
   fn = getattr(raw_ops, op_name)
   params = inspect.signature(fn).parameters
-  operands = [n for n, p in params.items() if p.default is inspect.Parameter.empty
-              and n in ("input_sizes", "filter_sizes", "input", "filter",
-                        "out_backprop")]
+  operands = [n for n, p in params.items()
+              if p.default is inspect.Parameter.empty and n in (
+                  "input_sizes", "filter_sizes", "input", "filter",
+                  "out_backprop")]
 
   def parse(proto):
     attributes = _attributes(proto, params)

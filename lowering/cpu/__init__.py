@@ -101,7 +101,8 @@ def choose(spec: ConvSpec, filter_shape, dtype,
   in NCHW (unet-up NCHW: gemm_col2im 10.3 ms vs 15.0 canonical; thin:
   subpixel_fused 17.5 vs 73.6; dcgan: subpixel 52.3 vs 83.1; dense s1:
   subpixel 14.7-15.2 vs 25.7-30.0 canonical).  Every convolution the
-  strategies other than `canonical` emit goes through lowering/cpu/eigen_conv.py.
+  strategies other than `canonical` emit goes through
+  lowering/cpu/eigen_conv.py.
   """
   n = spec.ndim
   dtype = np.dtype(dtype)
