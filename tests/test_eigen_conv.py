@@ -180,3 +180,32 @@ def test_cpu_filter_gradient_runs_on_eigen_with_a_symbolic_batch():
       jax.ShapeDtypeStruct((b, *dy.shape[1:]), dy.dtype))
   np.testing.assert_allclose(exp.call(x[:2], dy[:2]), fn(x[:2], dy[:2]),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["NDHWC", "NCDHW"])
+@pytest.mark.parametrize("strides, pads, dilation, groups", [
+    ((1, 1, 1), [(1, 1), (1, 0), (1, 1)], (1, 1, 1), 1),
+    ((2, 1, 2), [(0, 2), (2, 2), (-1, 1)], (2, 1, 1), 2),
+    ((3, 2, 1), [(2, -1), (0, 0), (0, 3)], (1, 2, 1), 1),
+])
+def test_3d_convolution_per_depth_tap_matches_lax(layout, strides, pads,
+                                                  dilation, groups):
+  """3-D: one 2-D convolution per depth tap, summed (any layout, stride,
+  pad, crop, dilation, groups) equals XLA's 3-D convolution."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, 9, 7, 6, 8)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 2, 3, 8 // groups, 6)), jnp.float32)
+  if layout == "NCDHW":
+    x = jnp.moveaxis(x, -1, 1)
+  act = (0, 4, 1, 2, 3) if layout == "NDHWC" else (0, 1, 2, 3, 4)
+  dn = lax.ConvDimensionNumbers(act, (4, 3, 0, 1, 2), act)
+  kw = dict(rhs_dilation=dilation, dimension_numbers=dn,
+            feature_group_count=groups)
+  want = lax.conv_general_dilated(x, w, strides, pads, **kw)
+  got = jax.jit(lambda x, w: eigen_conv.conv(x, w, strides, pads, **kw))(x, w)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  text = jax.jit(lambda x, w: eigen_conv.conv(x, w, strides, pads, **kw)).lower(
+      x, w).as_text()
+  convs = re.findall(r"stablehlo.convolution.*", text)
+  assert len(convs) == 3  # one per depth tap, each 2-D
+  assert all(re.search(r"\[b, 0, 1, f\]", c) for c in convs), convs
