@@ -169,10 +169,17 @@ class CompatWrapperValidationTest(parameterized.TestCase):
     out = self.call(padding=[[0, 0], [0, 1], [0, 1], [0, 0]])  # SAME's pads
     np.testing.assert_array_equal(out, self.call(padding="SAME"))
 
-  @parameterized.parameters(([[0, 0], [1, 1, 1], [1, 1], [0, 0]],),
-                            ([[0, 0], [1, 1], [1, 1]],))
-  def test_malformed_pairs(self, padding):
-    with self.assertRaisesRegex(ValueError, r"pad"):
+  @parameterized.parameters(
+      ([[0, 0], [1, 1, 1], [1, 1], [0, 0]],
+       "each element of `padding` must be a list/tuple of size 2. Received: "
+       "padding=[[0, 0], [1, 1, 1], [1, 1], [0, 0]] with element at index 1: "
+       "[1, 1, 1]"),
+      ([[0, 0], 1, [1, 1], [0, 0]], "with element at index 1: 1"),
+      ([[0, 0], [1, 1], [1, 1]],
+       "When padding is a list, it must be of size 4. Received: padding="
+       "[[0, 0], [1, 1], [1, 1]] of size 3"))
+  def test_malformed_pairs(self, padding, message):
+    with self.assertRaisesRegex(ValueError, re.escape(message) + "$"):
       self.call(padding=padding)
 
   def test_both_filter_and_filters(self):
