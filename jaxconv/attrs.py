@@ -216,7 +216,7 @@ def make_spec(ndim: int, input_sizes, filter_shape, batch, strides, padding,
   pads = tuple(
       forward_padding(padding, i, k, s, d, p) for i, k, s, d, p in zip(
           spatial, kernel, window_strides, window_dilations,
-          explicit or [(0, 0)] * n))
+          explicit or [(0, 0)] * n, strict=True))
   return ConvSpec(input_spatial=spatial, strides=window_strides,
                   dilations=window_dilations, padding=pads, groups=groups,
                   channels_last=channels_last)
