@@ -62,6 +62,10 @@ class RawOpValidationTest(parameterized.TestCase):
        TypeError, r"strides must be a list of integers, got 2"),
       ("strides_bool", dict(strides=[1, True, 2, 1]),
        TypeError, r"strides must contain integers, got True"),
+      ("strides_string_entry", dict(strides=[1, "2", 2, 1]),
+       TypeError, r"strides must contain integers, got '2' \(str\)$"),
+      ("strides_2d_array", dict(strides=np.ones((2, 2), np.int64)),
+       ValueError, r"strides must be 1-dimensional, got shape \(2, 2\)$"),
       # dilations
       ("dilations_length", dict(dilations=[1, 1]),
        ValueError, r"dilations must have 4 entries"),
@@ -141,6 +145,13 @@ class RawOpValidationTest(parameterized.TestCase):
       raw(**overrides)
     # From the message's first word: the wording is TF's (or says the fix).
     self.assertRegex(str(caught.exception), "^" + pattern)
+
+  def test_window_attributes_as_arrays(self):
+    # TF takes strides/dilations/explicit_paddings as 1-D arrays too.
+    out = raw(strides=np.array([1, 2, 2, 1]), dilations=np.ones(4, np.int32),
+              padding="EXPLICIT", explicit_paddings=np.array([0, 0, 0, 1, 0, 1,
+                                                              0, 0]))
+    np.testing.assert_array_equal(out, raw())  # SAME's pads, as lists
 
   def test_traced_input_sizes_explains_why(self):
     f = jax.jit(lambda sizes: raw(input_sizes=sizes))
