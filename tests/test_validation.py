@@ -44,7 +44,8 @@ class RawOpValidationTest(parameterized.TestCase):
        TypeError, r"input_sizes"),
       ("input_sizes_batch_mismatch", dict(input_sizes=[3, 8, 8, 3]),
        ValueError, r"input and out_backprop must have the same batch size, input "
-                   r"batch: 3 outbackprop batch: 2"),
+                   r"batch: 3 outbackprop batch: 2 batch_dim: 0 \(input_sizes "
+                   r"\[3, 8, 8, 3\]\)$"),
       # strides
       ("strides_3_entries_tf_crash", dict(strides=[1, 2, 2]),
        ValueError, r"strides must have 4 entries.*got 3: \[1, 2, 2\]"),
@@ -145,6 +146,16 @@ class RawOpValidationTest(parameterized.TestCase):
       raw(**overrides)
     # From the message's first word: the wording is TF's (or says the fix).
     self.assertRegex(str(caught.exception), "^" + pattern)
+
+  def test_symbolic_batch_mismatch_says_what_to_do(self):
+    b, = jax.export.symbolic_shape("b")
+    with self.assertRaisesRegex(ValueError, "^" + re.escape(
+        "input and out_backprop must have the same batch size, input batch: 2 "
+        "outbackprop batch: b batch_dim: 0 (input_sizes [2, 8, 8, 3]) (with a "
+        "symbolic batch, put the same dimension in input_sizes[0] or give "
+        "2-entry input_sizes)") + "$"):
+      jax.export.export(jax.jit(lambda dy: raw(out_backprop=dy)))(
+          jax.ShapeDtypeStruct((b, 4, 4, 4), np.float32))
 
   def test_window_attributes_as_arrays(self):
     # TF takes strides/dilations/explicit_paddings as 1-D arrays too.
