@@ -156,6 +156,14 @@ class RawOpValidationTest(parameterized.TestCase):
         "2-entry input_sizes)") + "$"):
       jax.export.export(jax.jit(lambda dy: raw(out_backprop=dy)))(
           jax.ShapeDtypeStruct((b, 4, 4, 4), np.float32))
+    # The symbolic batch in the sizes (a V2 op's input), dy's concrete.
+    with self.assertRaisesRegex(ValueError, re.escape(
+        "outbackprop batch: 2 batch_dim: 0 (input.shape [b, 8, 8, 3]) (with a "
+        "symbolic batch") + ".*input.shape"):
+      jax.export.export(jax.jit(lambda x: jaxconv.raw_ops.Conv2DBackpropFilter(
+          input=x, filter_sizes=[3, 3, 3, 4], out_backprop=GOOD["out_backprop"],
+          strides=GOOD["strides"], padding="SAME")))(
+              jax.ShapeDtypeStruct((b, 8, 8, 3), np.float32))
 
   def test_window_attributes_as_arrays(self):
     # TF takes strides/dilations/explicit_paddings as 1-D arrays too.
