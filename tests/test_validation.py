@@ -174,7 +174,12 @@ class RawOpValidationTest(parameterized.TestCase):
 
   def test_traced_input_sizes_explains_why(self):
     f = jax.jit(lambda sizes: raw(input_sizes=sizes))
-    with self.assertRaisesRegex(TypeError, r"input_sizes must be static.*XLA"):
+    with self.assertRaisesRegex(TypeError, "^" + re.escape(
+        "input_sizes must be static (a list, tuple, NumPy array or concrete "
+        "array): XLA needs the result shape at compile time, but got a traced "
+        "value ") + ".*" + re.escape(
+            ". Pass it as a Python list, or mark it static (e.g. "
+            "jax.jit(..., static_argnames=...)).") + "$"):
       f(np.array([2, 8, 8, 3]))
 
   def test_concrete_jax_array_input_sizes_is_fine(self):
