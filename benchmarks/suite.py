@@ -398,6 +398,10 @@ def main(argv=None):
   cases = CASES
   if args.classes:
     keys = args.classes.split(",")
+    unknown = sorted(set(keys) - {_key(c) for c in CASES})
+    if unknown:
+      parser.error(f"unknown class keys {unknown}; choose from "
+                   f"{', '.join(_key(c) for c in CASES)}")
     cases = [c for c in CASES if _key(c) in keys]
   elif args.quick:
     cases = [CASES[1], CASES[7], CASES[13]]

@@ -17,8 +17,8 @@ import numpy as np
 from jax import lax
 
 from lowering import canonical, partners
-from lowering.cpu import (depthwise, eigen_conv, gemm_col2im, grouped, subpixel,
-                         subpixel_fused, tap_dots)
+from lowering.cpu import (depthwise, eigen_conv, gemm_col2im, grouped,
+                         shift_gemm, subpixel, subpixel_fused, tap_dots)
 from lowering._compat import lower_fun
 from lowering.geometry import ConvSpec
 
@@ -257,7 +257,14 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   in four of six runs, and wins below the channel bound: thin 32x32 k4
   52-59 vs 35-40, 64x32 k3 s2 8.2-9.2 vs 7.7-7.9).  Strided ones with one
   group before all those: one dot per filter tap (lowering/cpu/tap_dots.py);
-  3-D stride-1 ones: one 2-D filter gradient per depth tap."""
+  3-D stride-1 ones: one 2-D filter gradient per depth tap; 2-D stride-1
+  ones with 64 or more channels each side, a 3x3 kernel at most and 28x28
+  to 56x56 positions: one GEMM per image (lowering/cpu/shift_gemm.py),
+  where issue 5's Eigen form measured bimodal across runs (dense 56x56 64
+  N8: 9.4 ms in some, 19.6-21.4 in others; shift_gemm 9.9-11.8, XLA's
+  form 14.6-15.8; 56x56 128: 28-29 vs 42-47 Eigen, 33-37 XLA; outside
+  those bounds the Eigen form or XLA's was as fast or faster: 14x14 512
+  18-19 Eigen vs 23-24, 112x112 32->64 17 XLA vs 29, k5 18 XLA vs 22)."""
   if _portable.get():
     return partners.backprop_filter(x, dy, spec=spec, kernel=kernel)
   c = spec.feature_axis
@@ -273,10 +280,21 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
     return _filter_per_depth_tap(x, dy, spec, kernel)
   if spec.groups > 1:
     return grouped.backprop_filter(x, dy, spec=spec, kernel=kernel)
+  if _per_image_gemm(spec, kernel, x, dy):
+    return shift_gemm.backprop_filter(x, dy, spec=spec, kernel=kernel)
   if (spec.ndim == 2 and x.dtype == np.float32 and kernel[0] <= 3
       and x.shape[c] * dy.shape[c] >= 4096):
     return eigen_conv.backprop_filter(x, dy, spec=spec, kernel=kernel)
   return partners.backprop_filter(x, dy, spec=spec, kernel=kernel)
+
+
+def _per_image_gemm(spec: ConvSpec, kernel, x, dy) -> bool:
+  c = spec.feature_axis
+  return (spec.ndim == 2 and x.dtype == np.float32
+          and all(s == 1 for s in spec.strides)
+          and all(d == 1 for d in spec.dilations) and max(kernel) <= 3
+          and min(x.shape[c], dy.shape[c]) >= 64
+          and 28 * 28 <= math.prod(spec.input_spatial) <= 56 * 56)
 
 
 def _filter_per_depth_tap(x, dy, spec: ConvSpec, kernel):

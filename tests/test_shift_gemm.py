@@ -1,0 +1,131 @@
+"""The filter gradient as one GEMM per stride phase (lowering/cpu/shift_gemm.py)
+against the standard filter-gradient convolution, and where the CPU rule
+uses it."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+import jaxconv
+from lowering import geometry, partners
+from lowering import cpu
+from lowering.cpu import shift_gemm
+
+
+def _random_case(rng, ndim):
+  """A one-group ConvSpec of rank `ndim` (pads up to 4: some crop x) with
+  float32 x and dy."""
+  kernel = tuple(int(k) for k in rng.integers(1, 5, ndim))
+  while True:
+    spec = geometry.ConvSpec(
+        input_spatial=tuple(int(i) for i in rng.integers(1, 10, ndim)),
+        strides=tuple(int(s) for s in rng.integers(1, 4, ndim)),
+        dilations=tuple(int(d) for d in rng.integers(1, 3, ndim)),
+        padding=tuple((int(a), int(b))
+                      for a, b in rng.integers(0, 5, (ndim, 2))),
+        channels_last=bool(rng.integers(2)))
+    out_spatial = spec.out_backprop_spatial(kernel)
+    if min(out_spatial) > 0:
+      break
+  n, ci, co = (int(v) for v in rng.integers(1, 6, 3))
+  x = rng.standard_normal(spec.activation_shape(n, ci, spec.input_spatial))
+  dy = rng.standard_normal(spec.activation_shape(n, co, out_spatial))
+  return spec, kernel, x.astype(np.float32), dy.astype(np.float32)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 30],
+                         ids=["image-by-image", "whole-batch"])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_matches_the_standard_form(ndim, chunk_bytes, monkeypatch):
+  """Any stride (phases with one or more taps), dilation, pad, crop and
+  layout; scanned over images one by one or in one piece."""
+  monkeypatch.setattr(shift_gemm, "_CHUNK_BYTES", chunk_bytes)
+  rng = np.random.default_rng(ndim)
+  crops = strided = 0
+  for _ in range(12):
+    spec, kernel, x, dy = _random_case(rng, ndim)
+    crops += any(hi < 0 for _, hi in spec.filter_grad_padding(kernel))
+    strided += any(s > 1 for s in spec.strides)
+    got = jax.jit(lambda a, b: shift_gemm.backprop_filter(
+        a, b, spec=spec, kernel=kernel))(x, dy)
+    want = partners.backprop_filter(x.astype(np.float64),
+                                    dy.astype(np.float64), spec=spec,
+                                    kernel=kernel)
+    assert got.shape == want.shape and got.dtype == np.float32
+    scale = max(1.0, float(np.max(np.abs(want))))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+  assert crops > 0 and strided > 0
+
+
+def test_scans_image_chunks_that_divide_the_batch():
+  assert shift_gemm._chunk(8, shift_gemm._CHUNK_BYTES // 3) == 2
+  assert shift_gemm._chunk(6, shift_gemm._CHUNK_BYTES // 4) == 3
+  assert shift_gemm._chunk(5, shift_gemm._CHUNK_BYTES * 2) == 1
+  assert shift_gemm._chunk(7, 1) == 7
+
+
+def _dense(n=8, size=28, c=64):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((n, size, size, c)).astype(np.float32)
+  dy = rng.standard_normal((n, size, size, c)).astype(np.float32)
+  return x, dy
+
+
+def _op(x, dy):
+  return jaxconv.raw_ops.Conv2DBackpropFilter(
+      input=x, filter_sizes=[3, 3, x.shape[-1], dy.shape[-1]],
+      out_backprop=dy, strides=[1, 1, 1, 1], padding="SAME")
+
+
+def test_cpu_rule_takes_it_for_dense_stride_1_layers(monkeypatch):
+  """The dense stride-1 filter gradient lowers to dots in a scan over the
+  images, with no convolution, and equals JAX's conv VJP."""
+  calls = []
+  original = shift_gemm.backprop_filter
+  monkeypatch.setattr(shift_gemm, "backprop_filter", lambda *a, **k: (
+      calls.append(k["spec"]), original(*a, **k))[1])
+  x, dy = _dense()
+  text = jax.jit(_op).lower(x, dy).as_text()
+  assert len(calls) == 1
+  assert "stablehlo.convolution" not in text
+  assert "stablehlo.while" in text and "stablehlo.dot_general" in text
+  want = jax.vjp(lambda w: jax.lax.conv_general_dilated(
+      x.astype(np.float64), w, (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC")),
+                 jnp.zeros((3, 3, 64, 64), np.float64))[1](
+                     dy.astype(np.float64))[0]
+  np.testing.assert_allclose(jax.jit(_op)(x, dy), want, rtol=0,
+                             atol=1e-5 * float(np.max(np.abs(want))))
+
+
+@pytest.mark.parametrize("x_shape, dy_channels, strides", [
+    ((2, 28, 28, 32), 64, 1),   # too few channels
+    ((2, 14, 14, 64), 64, 1),   # too few positions
+    ((2, 28, 28, 64), 64, 2),   # strided: one dot per tap
+])
+def test_cpu_rule_leaves_other_layers(x_shape, dy_channels, strides):
+  spec = geometry.ConvSpec(x_shape[1:3], (strides,) * 2, (1, 1),
+                           ((1, 1), (1, 1)))
+  out = spec.out_backprop_spatial((3, 3))
+  x = np.zeros(x_shape, np.float32)
+  dy = np.zeros((x_shape[0], *out, dy_channels), np.float32)
+  assert not cpu._per_image_gemm(spec, (3, 3), x, dy)
+  x, dy = _dense()
+  spec = geometry.ConvSpec((28, 28), (1, 1), (1, 1), ((1, 1), (1, 1)))
+  assert cpu._per_image_gemm(spec, (3, 3), x, dy)
+  assert not cpu._per_image_gemm(spec, (3, 3), x.astype(np.float16), dy)
+
+
+def test_symbolic_batch_exports_in_one_piece():
+  x, dy = _dense(n=3)
+  b, = export.symbolic_shape("b")
+  exp = export.export(jax.jit(_op), platforms=["cpu"])(
+      jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype),
+      jax.ShapeDtypeStruct((b, *dy.shape[1:]), dy.dtype))
+  assert "stablehlo.convolution" not in exp.mlir_module()
+  np.testing.assert_allclose(exp.call(x[:2], dy[:2]),
+                             jax.jit(_op)(x[:2], dy[:2]), rtol=1e-5,
+                             atol=1e-4)
