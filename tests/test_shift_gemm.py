@@ -101,22 +101,35 @@ def test_cpu_rule_takes_it_for_dense_stride_1_layers(monkeypatch):
                              atol=1e-5 * float(np.max(np.abs(want))))
 
 
-@pytest.mark.parametrize("x_shape, dy_channels, strides", [
-    ((2, 28, 28, 32), 64, 1),   # too few channels
-    ((2, 14, 14, 64), 64, 1),   # too few positions
-    ((2, 28, 28, 64), 64, 2),   # strided: one dot per tap
+@pytest.mark.parametrize("spatial, channels, kernel, strides, dilation, want", [
+    ((56, 56), (64, 64), (3, 3), 1, 1, True),    # the bounds themselves
+    ((28, 28), (64, 64), (3, 3), 1, 1, True),
+    ((28, 28), (256, 128), (2, 3), 1, 1, True),
+    ((56, 57), (64, 64), (3, 3), 1, 1, False),   # more positions
+    ((57, 56), (64, 64), (3, 3), 1, 1, False),
+    ((27, 28), (64, 64), (3, 3), 1, 1, False),   # fewer
+    ((28, 28), (32, 64), (3, 3), 1, 1, False),   # too few channels
+    ((28, 28), (64, 63), (3, 3), 1, 1, False),
+    ((28, 28), (64, 64), (4, 3), 1, 1, False),   # a larger kernel
+    ((28, 28), (64, 64), (3, 4), 1, 1, False),
+    ((28, 28), (64, 64), (3, 3), 2, 1, False),   # strided: one dot per tap
+    ((28, 28), (64, 64), (3, 3), 1, 2, False),   # dilated
 ])
-def test_cpu_rule_leaves_other_layers(x_shape, dy_channels, strides):
-  spec = geometry.ConvSpec(x_shape[1:3], (strides,) * 2, (1, 1),
+def test_cpu_rule_bounds(spatial, channels, kernel, strides, dilation, want):
+  spec = geometry.ConvSpec(spatial, (strides,) * 2, (dilation,) * 2,
                            ((1, 1), (1, 1)))
-  out = spec.out_backprop_spatial((3, 3))
-  x = np.zeros(x_shape, np.float32)
-  dy = np.zeros((x_shape[0], *out, dy_channels), np.float32)
-  assert not cpu._per_image_gemm(spec, (3, 3), x, dy)
-  x, dy = _dense()
-  spec = geometry.ConvSpec((28, 28), (1, 1), (1, 1), ((1, 1), (1, 1)))
-  assert cpu._per_image_gemm(spec, (3, 3), x, dy)
-  assert not cpu._per_image_gemm(spec, (3, 3), x.astype(np.float16), dy)
+  out = spec.out_backprop_spatial(kernel)
+  x = jax.ShapeDtypeStruct((8, *spatial, channels[0]), np.float32)
+  dy = jax.ShapeDtypeStruct((8, *out, channels[1]), np.float32)
+  assert cpu._per_image_gemm(spec, kernel, x, dy) == want
+  if want:  # float32 only
+    half = jax.ShapeDtypeStruct(x.shape, np.float16)
+    assert not cpu._per_image_gemm(spec, kernel, half, dy)
+  nchw = geometry.ConvSpec(spatial, (strides,) * 2, (dilation,) * 2,
+                           ((1, 1), (1, 1)), channels_last=False)
+  x = jax.ShapeDtypeStruct((8, channels[0], *spatial), np.float32)
+  dy = jax.ShapeDtypeStruct((8, channels[1], *out), np.float32)
+  assert cpu._per_image_gemm(nchw, kernel, x, dy) == want
 
 
 def test_symbolic_batch_exports_in_one_piece():

@@ -10,7 +10,8 @@ import pytest
 from jax import export
 
 import lowering
-from lowering import cpu, partners
+from lowering import cpu, geometry, partners
+from lowering.cpu import subpixel_fused
 from tests import configs
 from tests.helpers import (assert_close, reference_for_spec, run_op,
                            run_reference, spatial)
@@ -355,3 +356,20 @@ def test_gemm_when_each_phase_is_one_tap():
     plain += "stablehlo.add" not in text
     assert_close(out, run_reference(cfg, w, dy), cfg["dtype"], cfg)
   assert plain >= 5
+
+
+@pytest.mark.parametrize("kernel, strides, want", [
+    ((4, 4), (2, 2), 1.0),           # every phase uses every window tap
+    ((3, 4), (2, 2), 4 / 3),         # rows: windows of 2 for 3 taps over 2
+    ((4, 3), (2, 2), 4 / 3),         # phases: the product over both dims
+    ((3, 3), (2, 2), 16 / 9),
+    ((5, 2), (3, 1), 6 / 5),         # rows: windows of 2 for 5 taps over 3
+])
+def test_phase_packed_waste(kernel, strides, want):
+  """subpixel_fused.waste: multiplies per useful multiply of the combined
+  kernel, the product over the dims of window x stride / taps."""
+  spec = geometry.ConvSpec((12, 12), strides, (1, 1), ((1, 1), (1, 1)))
+  assert subpixel_fused.waste(spec, kernel) == pytest.approx(want)
+  if want != 1:
+    assert cpu.choose(spec, (*kernel, 64, 64), "float32", 8)[0] != (
+        "subpixel_fused")
