@@ -264,6 +264,39 @@ def test_forcing_falls_back_where_a_strategy_does_not_apply():
       pass
 
 
+# filter shape (input depth 4): one group, two groups, depthwise.
+_GROUPINGS = {"one group": (3, 3, 4, 6), "two groups": (3, 3, 2, 6),
+              "depthwise": (3, 3, 1, 8)}
+_APPLIES = {"canonical": set(_GROUPINGS), "gemm_col2im": set(_GROUPINGS),
+            "subpixel": {"one group"}, "subpixel_fused": {"one group"},
+            "grouped": {"two groups", "depthwise"}, "depthwise": {"depthwise"}}
+
+
+@pytest.mark.parametrize("grouping", list(_GROUPINGS))
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+def test_each_strategy_applies_exactly_where_it_lowers(strategy, grouping):
+  """Forced strictly, a strategy lowers (and is exact) where it applies and
+  raises where it does not."""
+  assert set(_APPLIES) == set(cpu.STRATEGIES)
+  fshape = _GROUPINGS[grouping]
+  cfg = dict(input_sizes=[2, 6, 5, 4], filter_shape=list(fshape),
+             strides=[1, 2, 2, 1], padding="SAME", explicit_paddings=[],
+             data_format="NHWC", dilations=[1, 1, 1, 1], dtype="float32")
+  rng = np.random.default_rng(0)
+  w = rng.integers(-3, 4, fshape).astype(np.float32)
+  dy = rng.integers(-3, 4, (2, 3, 3, fshape[3])).astype(np.float32)
+  call = lambda: jax.jit(lambda w, dy: run_op(cfg, w, dy))(w, dy)
+  if grouping in _APPLIES[strategy]:
+    with lowering.force_strategy(strategy, strict=True) as lowered:
+      out = call()
+    assert lowered == [strategy]
+    np.testing.assert_array_equal(out, run_reference(cfg, w, dy))
+  else:
+    with pytest.raises(ValueError, match="does not apply"):
+      with lowering.force_strategy(strategy, strict=True):
+        call()
+
+
 def test_choice_is_visible():
   op, w, dy = _layer("depthwise")
   name, reason = cpu.choose(_spec(op, w, dy), w.shape, np.float32)

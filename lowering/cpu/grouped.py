@@ -24,7 +24,8 @@ TARGET_CHANNELS = 16
 
 
 def applies(spec: ConvSpec, filter_shape) -> bool:
-  return spec.groups > 1 and filter_shape[spec.ndim] > 0
+  del filter_shape
+  return spec.groups > 1
 
 
 def groups_per_problem(groups: int, ci: int) -> int:
