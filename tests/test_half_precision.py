@@ -137,26 +137,30 @@ def test_strided_filter_gradient_accumulates_in_float32(dtype, ndim,
 
 
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("strategy", ["subpixel", "subpixel_fused"])
+@pytest.mark.parametrize("strategy", ["subpixel", "subpixel_fused", "grouped"])
 def test_3d_depth_taps_accumulate_in_float32(strategy, dtype):
   # 3-D convolutions run as one 2-D convolution per depth tap
-  # (lowering/cpu/eigen_conv.py): their sum over the taps stays float32.
-  stride = 1 if strategy == "subpixel" else 2
+  # (lowering/cpu/eigen_conv.py): their sum over the taps stays float32,
+  # also in the grouped strategy's sub-problems (two here, of 16 channels).
+  stride = 2 if strategy == "subpixel_fused" else 1
   spec = lowering.ConvSpec(input_spatial=(6, 5, 4), strides=(stride,) * 3,
                            dilations=(1, 1, 1),
                            padding=((1, 1), (1, 1), (1, 1)) if stride == 1
-                           else ((1, 1), (1, 2), (1, 1)))  # TF's SAME
+                           else ((1, 1), (1, 2), (1, 1)),  # TF's SAME
+                           groups=2 if strategy == "grouped" else 1)
   kernel = (3, 3, 3) if stride == 1 else (4, 4, 4)
+  depth = 32 if strategy == "grouped" else 4
   dy_sizes = spec.out_backprop_spatial(kernel)
   rng = np.random.default_rng(4)
-  w = _draw(rng, (*kernel, 4, 6), dtype)
+  w = _draw(rng, (*kernel, depth // spec.groups, 6), dtype)
   dy = _draw(rng, (2, *dy_sizes, 6), dtype)
   expected = reference_for_spec(w, dy, spec).astype(dtype)
   in_half = reference_for_spec(w, dy, spec, accumulate=dtype)
   assert np.mean(in_half != expected) > 0.3  # the inputs discriminate
   with lowering.force_strategy(strategy, strict=True) as lowered:
     out = jax.jit(lambda w, dy: jaxconv.raw_ops.Conv3DBackpropInputV2(
-        input_sizes=[2, *spec.input_spatial, 4], filter=w, out_backprop=dy,
-        strides=[1, *spec.strides, 1], padding="SAME"))(w, dy)
+        input_sizes=[2, *spec.input_spatial, depth], filter=w,
+        out_backprop=dy, strides=[1, *spec.strides, 1], padding="SAME"))(
+            w, dy)
   assert lowered == [strategy]
   np.testing.assert_array_equal(np.asarray(out), expected)

@@ -34,8 +34,8 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
     dy = jnp.moveaxis(dy, 1, -1)
   mult = dy.shape[-1] // spec.groups
   dy = dy.astype(acc_dtype)
-  w = filt.astype(acc_dtype)
   kernel, out_spatial = filt.shape[:n], dy.shape[1:n + 1]
+  w = filt.astype(acc_dtype).reshape(*kernel, -1)  # [*K, C * M]
   plans = phases.plans_for(spec, kernel)
   zero = jnp.zeros((), acc_dtype)
   per_phase = []
@@ -43,7 +43,7 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
     total = jnp.zeros((dy.shape[0], *[p.blocks for p in plans], spec.groups),
                       acc_dtype)
     for tap in taps:
-      w_tap = w[tap + (0,)]  # [C * M]
+      w_tap = w[tap]
       part = sum(dy[..., m::mult] * w_tap[m::mult] for m in range(mult))
       config = [(0, 0, 0)] + phases.block_pads(plans, tap, out_spatial)
       total = total + lax.pad(part, zero, config + [(0, 0, 0)])

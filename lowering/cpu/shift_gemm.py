@@ -43,7 +43,6 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   """Filter-shaped `[*kernel, C, C_out]`, any rank."""
   if not spec.channels_last:
     x, dy = jnp.moveaxis(x, 1, -1), jnp.moveaxis(dy, 1, -1)
-  n = spec.ndim
   x = lax.pad(x, np.zeros((), x.dtype),
               [(0, 0, 0), *[(lo, hi, 0) for lo, hi in
                             spec.filter_grad_padding(kernel)], (0, 0, 0)])

@@ -32,7 +32,7 @@ def waste(spec: ConvSpec, kernel) -> float:
 
 def _selection(plan: phases.Plan, s: int):
   """[window, s, k] 0/1: tap t sits at (off_t - min(off), r_t)."""
-  select = np.zeros((plan.window, s, len(plan.phase)), np.float32)
+  select = np.zeros((plan.window, s, len(plan.phase)))
   for t, (r, off) in enumerate(zip(plan.phase, plan.offset)):
     select[off - min(plan.offset), r, t] = 1
   return select
