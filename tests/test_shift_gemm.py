@@ -61,9 +61,13 @@ def test_matches_the_standard_form(ndim, chunk_bytes, monkeypatch):
 
 
 def test_scans_image_chunks_that_divide_the_batch():
-  assert shift_gemm._chunk(8, shift_gemm._CHUNK_BYTES // 3) == 2
-  assert shift_gemm._chunk(6, shift_gemm._CHUNK_BYTES // 4) == 3
-  assert shift_gemm._chunk(5, shift_gemm._CHUNK_BYTES * 2) == 1
+  budget = shift_gemm._CHUNK_BYTES
+  assert shift_gemm._chunk(8, budget // 3) == 2
+  assert shift_gemm._chunk(6, budget // 4) == 3
+  assert shift_gemm._chunk(8, budget // 2) == 2  # the budget itself fits
+  assert shift_gemm._chunk(8, budget // 2 + 1) == 1
+  assert shift_gemm._chunk(8, budget * 2) == 1  # at least one image
+  assert shift_gemm._chunk(5, budget * 2) == 1
   assert shift_gemm._chunk(7, 1) == 7
 
 

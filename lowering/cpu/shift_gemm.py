@@ -79,13 +79,10 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
                    (0, 0, 0)]) for pad in itertools.product(*pads)], -1)
       # cols [KW, N, C, rows..., W] -> [KW * C, N * rows * W]
       cols = jnp.swapaxes(cols, 1, 2).reshape(kernel[-1] * c, -1)
-      out.append(lax.dot_general(
-          cols, shifted.reshape(-1, shifted.shape[-1]),
-          (((1,), (0,)), ((), ()))))
+      out.append(cols @ shifted.reshape(-1, shifted.shape[-1]))
     return out
 
-  chunk = _chunk(batch, x[0].size * kernel[-1] * x.dtype.itemsize
-                 // max(1, s_w))
+  chunk = _chunk(batch, x[0].size * kernel[-1] * x.dtype.itemsize)
   if chunk == batch:
     sums = products(x, dy)
   else:
@@ -114,5 +111,5 @@ def _chunk(batch, bytes_per_image: int):
   budget, at least one; a symbolic batch in one piece."""
   if not isinstance(batch, (int, np.integer)):
     return batch
-  fit = max(1, _CHUNK_BYTES // max(1, bytes_per_image))
-  return max(k for k in range(1, batch + 1) if batch % k == 0 and k <= fit)
+  return max(k for k in range(1, batch + 1) if batch % k == 0 and (
+      k == 1 or k * bytes_per_image <= _CHUNK_BYTES))
