@@ -82,6 +82,26 @@ def test_what_passes_through():
   assert "stablehlo.slice" not in text
 
 
+@pytest.mark.parametrize("lhs_shape, rhs_shape, pads, taken", [
+    ((1, 8, 8, 17), (3, 3, 17, 16), [(1, 1), (1, 1)], True),  # 17 in
+    ((1, 8, 8, 16), (3, 3, 16, 17), [(1, 1), (1, 1)], True),  # 17 out
+    ((1, 8, 8, 16), (3, 3, 16, 16), [(1, 1), (1, 1)], False),
+    ((1, 8, 8, 17), (8, 3, 17, 17), [(0, 0), (1, 1)], True),  # taps == size
+    ((1, 8, 16, 17), (9, 3, 17, 17), [(4, 4), (1, 1)], False),  # taps > size
+    ((1, 8, 8, 17), (3, 3, 17, 17), [(1, 2), (1, 1)], False),  # outgrows
+    ((1, 8, 8, 17), (3, 3, 17, 17), [(1, 1), (2, 1)], False),
+])
+def test_ynn_rule_matches_xla(lhs_shape, rhs_shape, pads, taken):
+  """_ynn_would_take says what XLA CPU does with the plain convolution."""
+  lhs, rhs = jnp.zeros(lhs_shape, np.float32), jnp.zeros(rhs_shape, np.float32)
+  dn = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  assert eigen_conv._ynn_would_take(lhs, rhs, (1, 1), pads, (1, 1),
+                                    dn) == taken
+  plain = lambda a, b: lax.conv_general_dilated(a, b, (1, 1), pads,
+                                                dimension_numbers=dn)
+  assert (ynn_convolutions(plain, lhs, rhs) >= 1) == taken
+
+
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("strategy, strides, size, fshape", [
     ("subpixel", 1, 12, (3, 3, 24, 32)),  # dense stride 1: one phase

@@ -11,7 +11,7 @@ from jax import export
 
 import lowering
 from lowering import cpu, geometry, partners
-from lowering.cpu import subpixel_fused
+from lowering.cpu import grouped, subpixel_fused
 from tests import configs
 from tests.helpers import (assert_close, reference_for_spec, run_op,
                            run_reference, spatial)
@@ -155,6 +155,48 @@ def test_cpu_partners_match_the_standard_forms(dtype):
       scale = max(1.0, float(jnp.max(jnp.abs(want))))
       assert float(jnp.max(jnp.abs(got.astype(np.float64) - want))) <= tol * scale
   assert set(kinds) == {"depthwise", "grouped"}
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+def test_grouped_sub_problems_reassemble(data_format):
+  """Four groups of 8 channels make two dense sub-problems of 16
+  (lowering/cpu/grouped.py): the op and both partners put their results
+  back in order; the forward partner emits no grouped convolution."""
+  spec = lowering.ConvSpec(input_spatial=(7, 6), strides=(2, 1),
+                           dilations=(1, 1), padding=((1, 1), (1, 0)),
+                           groups=4, channels_last=data_format == "NHWC")
+  kernel = (3, 2)
+  assert grouped.groups_per_problem(4, 8) == 2
+  rng = np.random.default_rng(6)
+  w = rng.integers(-3, 4, (*kernel, 8, 12)).astype(np.float32)
+  x = rng.integers(-3, 4, spec.activation_shape(2, 32, (7, 6)))
+  dy = rng.integers(-3, 4, spec.activation_shape(
+      2, 12, spec.out_backprop_spatial(kernel)))
+  x, dy = x.astype(np.float32), dy.astype(np.float32)
+  got = jax.jit(lambda w, dy: grouped.backprop_input(w, dy, spec=spec))(w, dy)
+  np.testing.assert_array_equal(got, reference_for_spec(w, dy, spec))
+  f64 = lambda *a: [v.astype(np.float64) for v in a]
+  forward = jax.jit(lambda x, w: cpu.forward(x, w, spec=spec))
+  assert "feature_group_count = 4" not in forward.lower(x, w).as_text()
+  np.testing.assert_array_equal(
+      forward(x, w), partners.forward(*f64(x, w), spec=spec))
+  np.testing.assert_array_equal(
+      jax.jit(lambda x, dy: cpu.backprop_filter(x, dy, spec=spec,
+                                                kernel=kernel))(x, dy),
+      partners.backprop_filter(*f64(x, dy), spec=spec, kernel=kernel))
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_cpu_forward_partner_splits_every_grouping(groups):
+  spec = lowering.ConvSpec(input_spatial=(6, 6), strides=(1, 1),
+                           dilations=(1, 1), padding=((1, 1), (1, 1)),
+                           groups=groups)
+  x = jnp.ones((1, 6, 6, 4 * groups), np.float32)
+  w = jnp.ones((3, 3, 4, 2 * groups), np.float32)
+  text = jax.jit(lambda x, w: cpu.forward(x, w, spec=spec)).lower(
+      x, w).as_text()
+  assert "feature_group_count = 1" in text
+  assert f"feature_group_count = {groups}" not in text
 
 
 STRATEGY_LAYERS = {

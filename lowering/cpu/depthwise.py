@@ -80,10 +80,9 @@ def forward(x, filt, *, spec: ConvSpec, acc_dtype=None):
   kernel, co = filt.shape[:n], filt.shape[n + 1]
   out_spatial = spec.out_backprop_spatial(kernel)
   x = _channels_last_in(x, spec, co // spec.groups, acc)
-  w = filt.astype(acc)
-  total = jnp.zeros((x.shape[0], *out_spatial, co), acc)
-  for tap, window in _windows(x, spec, kernel, out_spatial):
-    total = total + window * w[tap + (0,)]
+  w = filt.astype(acc).reshape(*kernel, co)
+  total = sum(window * w[tap]
+              for tap, window in _windows(x, spec, kernel, out_spatial))
   total = total.astype(out_dtype)
   return total if spec.channels_last else jnp.moveaxis(total, -1, 1)
 
