@@ -199,6 +199,42 @@ def test_cpu_forward_partner_splits_every_grouping(groups):
   assert f"feature_group_count = {groups}" not in text
 
 
+@pytest.mark.parametrize("groups, ci, want", [
+    (4, 8, 2), (32, 8, 2), (6, 4, 3), (5, 4, 1), (4, 4, 4), (2, 32, 1),
+    (8, 2, 8), (16, 2, 8),
+])
+def test_groups_per_problem(groups, ci, want):
+  """The most groups (a divisor) whose channels fit 16 per sub-problem."""
+  assert grouped.groups_per_problem(groups, ci) == want
+
+
+def _conv_dims(fn, *args):
+  """The spatial dims of every convolution `fn` lowers to."""
+  text = jax.jit(fn).lower(*args).as_text()
+  return [len(re.findall(r"\d", d)) for d in
+          re.findall(r"dim_numbers = \[([^\]]*)\]x", text)]
+
+
+def test_cpu_filter_gradient_routes():
+  """Depthwise: the split (convolutions) at stride 1, per-tap reductions
+  (none) when strided; 3-D stride 1: 2-D convolutions per depth tap."""
+  for strides, convs in (((1, 1), True), ((2, 1), False)):
+    spec = lowering.ConvSpec(input_spatial=(6, 6), strides=strides,
+                             dilations=(1, 1), padding=((1, 1), (1, 1)),
+                             groups=8)
+    x = jnp.ones((2, 6, 6, 8), np.float32)
+    dy = jnp.ones((2, *spec.out_backprop_spatial((3, 3)), 8), np.float32)
+    dims = _conv_dims(lambda x, dy: cpu.backprop_filter(
+        x, dy, spec=spec, kernel=(3, 3)), x, dy)
+    assert bool(dims) == convs, (strides, dims)
+  spec = lowering.ConvSpec(input_spatial=(5, 6, 4), strides=(1, 1, 1),
+                           dilations=(1, 1, 1), padding=((1, 1),) * 3)
+  x = jnp.ones((2, 5, 6, 4, 8), np.float32)
+  dims = _conv_dims(lambda x, dy: cpu.backprop_filter(
+      x, dy, spec=spec, kernel=(3, 3, 3)), x, x)
+  assert dims == [2, 2, 2]
+
+
 STRATEGY_LAYERS = {
     # strategy: (input_sizes NHWC, filter, strides)
     "canonical": ([2, 9, 8, 4], (3, 2, 4, 6), [1, 2, 2, 1]),
