@@ -235,6 +235,36 @@ def test_cpu_filter_gradient_routes():
   assert dims == [2, 2, 2]
 
 
+@pytest.mark.parametrize("kernel, channels, dtype, dims", [
+    ((3, 3), (64, 64), np.float32, [1]),  # the Eigen form: one 1-D conv
+    ((3, 4), (64, 64), np.float32, [1]),
+    ((4, 3), (64, 64), np.float32, [2]),  # more kernel rows: XLA's form
+    ((3, 3), (64, 63), np.float32, [2]),  # channels x channels < 4096
+    ((3, 3), (128, 32), np.float32, [1]),
+    ((3, 3), (64, 64), np.float64, [2]),
+])
+def test_cpu_dense_filter_gradient_routes(kernel, channels, dtype, dims):
+  """Stride-1 2-D filter gradients outside shift_gemm's bounds (14x14)."""
+  spec = lowering.ConvSpec(input_spatial=(14, 14), strides=(1, 1),
+                           dilations=(1, 1), padding=((1, 1), (1, 1)))
+  x = jnp.ones((2, 14, 14, channels[0]), dtype)
+  dy = jnp.ones((2, *spec.out_backprop_spatial(kernel), channels[1]), dtype)
+  assert _conv_dims(lambda x, dy: cpu.backprop_filter(
+      x, dy, spec=spec, kernel=kernel), x, dy) == dims
+
+
+def test_cpu_grouped_filter_gradient_avoids_batch_groups():
+  spec = lowering.ConvSpec(input_spatial=(6, 6), strides=(1, 1),
+                           dilations=(1, 1), padding=((1, 1), (1, 1)),
+                           groups=2)
+  x, dy = jnp.ones((2, 6, 6, 8), np.float32), jnp.ones((2, 6, 6, 4),
+                                                       np.float32)
+  text = jax.jit(lambda x, dy: cpu.backprop_filter(
+      x, dy, spec=spec, kernel=(3, 3))).lower(x, dy).as_text()
+  assert "batch_group_count = 1 " in text
+  assert "batch_group_count = 2" not in text
+
+
 STRATEGY_LAYERS = {
     # strategy: (input_sizes NHWC, filter, strides)
     "canonical": ([2, 9, 8, 4], (3, 2, 4, 6), [1, 2, 2, 1]),
