@@ -82,6 +82,22 @@ def test_what_passes_through():
   assert "stablehlo.slice" not in text
 
 
+@pytest.mark.parametrize("rows, extra", [(4, True), (3, False)])
+def test_one_extra_row_up_to_a_quarter_more_work(rows, extra):
+  """4 output rows take one more (a quarter more work), 3 do not; the
+  convolution computes exactly one extra row, sliced off."""
+  lhs = jnp.zeros((1, rows, 8, 17), np.float32)
+  rhs = jnp.zeros((3, 3, 17, 17), np.float32)
+  dn = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  text = jax.jit(lambda a, b: eigen_conv.conv(
+      a, b, (1, 1), [(1, 1), (1, 1)], rhs_dilation=(1, 1),
+      dimension_numbers=dn)).lower(lhs, rhs).as_text()
+  conv_rows = rows + 1 if extra else rows
+  assert re.search(rf"stablehlo.convolution.*-> tensor<1x{conv_rows}x8x17xf32>",
+                   text)
+  assert ("stablehlo.slice" in text) == extra
+
+
 @pytest.mark.parametrize("lhs_shape, rhs_shape, pads, taken", [
     ((1, 8, 8, 17), (3, 3, 17, 16), [(1, 1), (1, 1)], True),  # 17 in
     ((1, 8, 8, 16), (3, 3, 16, 17), [(1, 1), (1, 1)], True),  # 17 out

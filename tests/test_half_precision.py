@@ -38,13 +38,17 @@ def _draw(rng, shape, dtype):
   return (rng.integers(1 - q, q, shape) / q).astype(dtype)
 
 
-def _case(strategy, dtype):
+def _case(strategy, dtype, data_format="NHWC"):
   sizes, fshape, s = LAYERS[strategy]
-  cfg = dict(input_sizes=sizes, filter_shape=list(fshape),
-             strides=[1, s, s, 1], padding="SAME", explicit_paddings=[],
-             data_format="NHWC", dilations=[1, 1, 1, 1], dtype=dtype)
-  rng = np.random.default_rng(0)
   dy_shape = [sizes[0], -(-sizes[1] // s), -(-sizes[2] // s), fshape[3]]
+  strides = [1, s, s, 1]
+  if data_format == "NCHW":  # channels first: the GEMM's other operand order
+    sizes, dy_shape = ([v[0], v[3], v[1], v[2]] for v in (sizes, dy_shape))
+    strides = [1, 1, s, s]
+  cfg = dict(input_sizes=sizes, filter_shape=list(fshape), strides=strides,
+             padding="SAME", explicit_paddings=[], data_format=data_format,
+             dilations=[1, 1, 1, 1], dtype=dtype)
+  rng = np.random.default_rng(0)
   return cfg, _draw(rng, fshape, dtype), _draw(rng, dy_shape, dtype)
 
 
@@ -59,10 +63,11 @@ def test_layers_cover_every_strategy():
   assert set(LAYERS) == set(cpu.STRATEGIES)
 
 
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES)
-def test_accumulates_in_float32_and_rounds_once(strategy, dtype):
-  cfg, w, dy = _case(strategy, dtype)
+def test_accumulates_in_float32_and_rounds_once(strategy, dtype, data_format):
+  cfg, w, dy = _case(strategy, dtype, data_format)
   expected = run_reference(cfg, w, dy).astype(dtype)
   in_half = run_reference(cfg, w, dy, accumulate=dtype)
   assert np.mean(in_half != expected) > 0.3  # the inputs discriminate
@@ -71,12 +76,14 @@ def test_accumulates_in_float32_and_rounds_once(strategy, dtype):
   np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("strategy", OWN_SUMS)
-def test_narrowed_accumulation_fails(strategy, dtype, monkeypatch):
+def test_narrowed_accumulation_fails(strategy, dtype, data_format,
+                                     monkeypatch):
   # The planted bug: accumulate in the operands' dtype.  The test above
   # would fail on it (for the other strategies XLA CPU widens anyway).
-  cfg, w, dy = _case(strategy, dtype)
+  cfg, w, dy = _case(strategy, dtype, data_format)
   expected = run_reference(cfg, w, dy).astype(dtype)
   monkeypatch.setattr(cpu, "_accumulation", lambda dtype: None)
   assert np.mean(_run(strategy, cfg, w, dy) != expected) > 0.3
