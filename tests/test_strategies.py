@@ -442,6 +442,55 @@ def test_choice_on_benchmark_classes(fmt, sizes, fshape, stride, dtype, want):
   assert cpu.choose(spec, fshape, dtype, sizes[0])[0] == want
 
 
+@pytest.mark.parametrize("sizes, fshape, stride, dilation, dtype, batch, want", [
+    # One configuration per rule of cpu.choose, each decided by that rule
+    # (NHWC / NDHWC, SAME; batch None: choose's default of one image).
+    ([2, 9, 8, 4], (3, 3, 4, 6), 2, 1, "float64", 2,
+     ("gemm_col2im", "float64/int32: XLA CPU has no fast convolution")),
+    ([2, 9, 8, 4], (3, 3, 4, 6), 2, 1, "int32", 2,
+     ("gemm_col2im", "float64/int32: XLA CPU has no fast convolution")),
+    ([2, 9, 8, 32], (3, 3, 32, 32), 1, 1, "float16", 2,
+     ("gemm_col2im", "half precision: float32-accumulating dot")),
+    ([2, 9, 8, 32], (3, 3, 32, 32), 1, 1, "bfloat16", 2,
+     ("gemm_col2im", "half precision: float32-accumulating dot")),
+    ([2, 9, 8, 4], (3, 3, 1, 8), 2, 1, "float32", 2,
+     ("depthwise", "depthwise: XLA CPU runs grouped convolutions")),
+    ([2, 9, 8, 8], (3, 3, 2, 8), 1, 1, "float32", 2,
+     ("grouped", "grouped: dense block-diagonal sub-problems")),
+    ([2, 9, 8, 4], (3, 3, 4, 6), 1, 2, "float32", 2,
+     ("canonical", "stride 1, dilated: XLA's YNNPACK convolution")),
+    ([2, 9, 8, 4], (3, 3, 4, 6), 1, 1, "float32", 2,
+     ("subpixel", "stride 1: one forward convolution on XLA's Eigen")),
+    ([2, 9, 8, 32], (3, 3, 32, 32), 2, 2, "float32", 2,
+     ("subpixel", "stride and dilation: stride-1 convolutions per phase")),
+    ([2, 9, 8, 32], (1, 1, 32, 32), 2, 2, "float32", 2,
+     ("gemm_col2im", "few result channels or a 1x1 kernel: one dot")),
+    ([2, 16, 16, 64], (2, 2, 64, 128), 2, 1, "float32", 2,
+     ("gemm_col2im", "kernel == stride (k2 s2, the U-Net up-convolution)")),
+    ([2, 16, 16, 32], (4, 4, 32, 32), 2, 1, "float32", 2,
+     ("subpixel_fused", "kernel a multiple of the stride: one exact")),
+    ([2, 16, 16, 16], (3, 3, 16, 64), 2, 1, "float32", 2,
+     ("gemm_col2im", "few result channels or a 1x1 kernel: one dot")),
+    ([1, 8, 8, 8, 32], (3, 3, 3, 32, 64), 2, 1, "float32", 1,
+     ("subpixel", "3-D, stride > 1: stride-1 convolutions per phase")),
+    ([1, 32, 32, 128], (5, 5, 128, 256), 2, 1, "float32", 1,
+     ("subpixel", "large kernel x channels: stride-1 convolutions")),
+    ([1, 128, 128, 128], (3, 3, 128, 256), 2, 1, "float32", None,
+     ("gemm_col2im", "stride > 1: dot + per-phase col2im")),  # 18.9 MB
+    ([1, 128, 128, 128], (3, 3, 128, 256), 2, 1, "float32", 2,
+     ("subpixel", "GEMM columns of 32 MiB or more: stride-1 convolutions")),
+])
+def test_every_rule_names_its_choice(sizes, fshape, stride, dilation, dtype,
+                                     batch, want):
+  n = len(sizes) - 2
+  spec = attrs.make_spec(n, sizes, fshape, sizes[0], [1, *[stride] * n, 1],
+                         "SAME", [], "NDHWC"[-n - 2:] if n == 3 else "NHWC",
+                         [1, *[dilation] * n, 1])
+  args = () if batch is None else (batch,)
+  name, reason = cpu.choose(spec, fshape, dtype, *args)
+  assert (name, reason[:len(want[1])]) == want
+
+
 @pytest.mark.parametrize("fmt, kernel, want", [
     ("NHWC", 3, "subpixel"), ("NCHW", 3, "subpixel"),
     ("NHWC", 1, "gemm_col2im"),  # a 1x1 kernel has nothing to dilate
