@@ -457,6 +457,8 @@ def test_choice_on_benchmark_classes(fmt, sizes, fshape, stride, dtype, want):
      ("depthwise", "depthwise: XLA CPU runs grouped convolutions")),
     ([2, 9, 8, 8], (3, 3, 2, 8), 1, 1, "float32", 2,
      ("grouped", "grouped: dense block-diagonal sub-problems")),
+    ([2, 9, 8, 8], (3, 3, 4, 8), 1, 1, "float32", 2,  # two groups
+     ("grouped", "grouped: dense block-diagonal sub-problems")),
     ([2, 9, 8, 4], (3, 3, 4, 6), 1, 2, "float32", 2,
      ("canonical", "stride 1, dilated: XLA's YNNPACK convolution")),
     ([2, 9, 8, 4], (3, 3, 4, 6), 1, 1, "float32", 2,
