@@ -481,11 +481,28 @@ def test_choice_on_benchmark_classes(fmt, sizes, fshape, stride, dtype, want):
      ("gemm_col2im", "stride > 1: dot + per-phase col2im")),  # 18.9 MB
     ([1, 128, 128, 128], (3, 3, 128, 256), 2, 1, "float32", 2,
      ("subpixel", "GEMM columns of 32 MiB or more: stride-1 convolutions")),
+
+    # At the rules' bounds:
+    ([2, 9, 8, 32], (2, 1, 32, 32), 2, 2, "float32", 2,
+     ("subpixel", "stride and dilation: stride-1 convolutions per phase")),
+    ([2, 10, 8, 32], (5, 1, 32, 32), (5, 1), 1, "float32", 2,
+     ("subpixel_fused", "kernel a multiple of the stride: one exact")),
+    ([2, 16, 16, 17], (3, 3, 17, 64), 2, 1, "float32", 2,
+     ("gemm_col2im", "stride > 1: dot + per-phase col2im")),
+    ([1, 8, 8, 32], (1, 4, 32, 1024), 2, 1, "float32", 1,
+     ("subpixel", "large kernel x channels: stride-1 convolutions")),
+    ([1, 8, 8, 32], (1, 4, 32, 1023), 2, 1, "float32", 1,
+     ("gemm_col2im", "stride > 1: dot + per-phase col2im")),
+    ([1, 512, 512, 64], (1, 2, 64, 64), 2, 1, "float32", 1,  # 32 MiB
+     ("subpixel", "GEMM columns of 32 MiB or more: stride-1 convolutions")),
+    ([1, 512, 496, 64], (1, 2, 64, 64), 2, 1, "float32", 1,  # 31 MiB
+     ("gemm_col2im", "stride > 1: dot + per-phase col2im")),
 ])
 def test_every_rule_names_its_choice(sizes, fshape, stride, dilation, dtype,
                                      batch, want):
   n = len(sizes) - 2
-  spec = attrs.make_spec(n, sizes, fshape, sizes[0], [1, *[stride] * n, 1],
+  stride = stride if isinstance(stride, tuple) else (stride,) * n
+  spec = attrs.make_spec(n, sizes, fshape, sizes[0], [1, *stride, 1],
                          "SAME", [], "NDHWC"[-n - 2:] if n == 3 else "NHWC",
                          [1, *[dilation] * n, 1])
   args = () if batch is None else (batch,)
