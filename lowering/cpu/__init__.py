@@ -178,7 +178,7 @@ def choose(spec: ConvSpec, filter_shape, dtype,
       "56x56 24<-48: 1.7 vs 2.6 sub-pixel)")
 
 
-def chosen(spec: ConvSpec, filter_shape, dtype, batch: int = 1) -> str:
+def chosen(spec: ConvSpec, filter_shape, dtype, batch: int) -> str:
   """The strategy a call lowers with now: the forced one where it can (see
   `force_strategy`), else the automatic choice."""
   name, strict, lowered = _forced.get() or (None, False, [])
