@@ -105,6 +105,26 @@ def test_gpu_tpu_export_is_the_module_checked_here(platform):
     assert _module_ops(other.mlir_module()) == _module_ops(cpu.mlir_module())
 
 
+@pytest.mark.parametrize("dtype, short", [("float16", "f16"),
+                                          ("bfloat16", "bf16")])
+def test_half_precision_difference_between_cpu_and_gpu(dtype, short):
+  """The one difference: forced on CPU, the convolution returns float32
+  (rounded once after); on GPU it returns the dtype (float32 in hardware)."""
+  from jax import export
+  (spec, w, dy), = _nd_cases(2, 1, seed=9)
+  args = [jax.ShapeDtypeStruct(a.shape, dtype) for a in (w, dy)]
+  with lowering.force_strategy("canonical", strict=True):
+    cpu = _module_ops(export.export(jax.jit(_bind(spec)),
+                                    platforms=["cpu"])(*args).mlir_module())
+  gpu = _module_ops(export.export(jax.jit(_bind(spec)),
+                                  platforms=["cuda"])(*args).mlir_module())
+  conv = lambda ops: [op for op in ops if "stablehlo.convolution" in op]
+  assert re.search(r"-> tensor<[0-9x]+xf32>$", conv(cpu)[0])
+  assert re.search(rf"-> tensor<[0-9x]+x{short}>$", conv(gpu)[0])
+  assert [op for op in cpu if "stablehlo.convert" in op and
+          re.search(rf"xf32>\) -> tensor<[0-9x]+x{short}>$", op)]
+
+
 def test_float64_where_xla_cpu_runs_it():
   # XLA CPU's algebraic simplifier aborts the process on some float64
   # lhs-dilated convolutions, so a child process lowers float64 with the

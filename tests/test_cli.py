@@ -44,6 +44,19 @@ def test_printed_strategy_is_the_one_lowered(capsys):
     assert emitted in out
 
 
+@pytest.mark.parametrize("dtype, short", [("float16", "f16"),
+                                          ("bfloat16", "bf16")])
+def test_portable_half_accumulates_in_float32(capsys, dtype, short):
+  """The portable artifact states its float32 accumulation: the convolution
+  returns float32, rounded once to the operands' dtype."""
+  code, out, err = run(capsys, "export", "--dtype", dtype)
+  assert code == 0 and "exported form: portable" in err
+  conv, = [line for line in out.splitlines() if "stablehlo.convolution" in line]
+  assert re.search(r"-> tensor<8x64x64x64xf32>", conv)
+  assert re.search(rf"stablehlo.convert %\w+ : \(tensor<8x64x64x64xf32>\) "
+                   rf"-> tensor<8x64x64x64x{short}>", out)
+
+
 @pytest.mark.parametrize("op", cli.OPS)
 def test_every_op_exports_the_portable_form(capsys, op):
   code, out, err = run(capsys, "export", "--op", op)
