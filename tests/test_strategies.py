@@ -551,6 +551,15 @@ def test_lowering_counts_the_batch():
     text = lowered(batch)
     assert ("stablehlo.convolution" in text) == conv
     assert ("stablehlo.dot_general" in text) != conv
+  # 128x128 128<-256: 18 MiB per image, so one image (and a symbolic batch)
+  # take the GEMM, two the sub-pixel convolutions.
+  w = jax.ShapeDtypeStruct((3, 3, 128, 256), np.float32)
+  for batch, conv in ((1, False), (2, True), (b, False)):
+    dy = jax.ShapeDtypeStruct((batch, 64, 64, 256), np.float32)
+    text = export.export(jax.jit(lambda w, dy: jaxconv.conv2d_backprop_input(
+        [dy.shape[0], 128, 128, 128], w, dy, [1, 2, 2, 1], "SAME")),
+                         platforms=["cpu"])(w, dy).mlir_module()
+    assert ("stablehlo.convolution" in text) == conv
 
 
 def test_gemm_when_each_phase_is_one_tap():
