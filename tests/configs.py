@@ -123,3 +123,29 @@ def random_nd_case(rng: np.random.Generator, ndim: int, dtype="float64",
   shape = ((2, *out, groups * cog) if spec.channels_last else
            (2, groups * cog, *out))
   return spec, w.astype(dtype), rng.standard_normal(shape).astype(dtype)
+
+
+def random_filter_gradient_case(rng: np.random.Generator, ndim: int, *,
+                                max_kernel=4, max_size=10, batch=None,
+                                max_ci=6, max_co=6):
+  """(one-group ConvSpec, kernel, float32 x, float32 dy) for a filter
+  gradient: pads up to 4 (some crop x), shapes from the reference's
+  arithmetic; batch None draws 1-5 images."""
+  from lowering.geometry import ConvSpec  # the container only, no arithmetic
+  kernel = tuple(int(k) for k in rng.integers(1, max_kernel, ndim))
+  while True:
+    spatial = tuple(int(i) for i in rng.integers(1, max_size, ndim))
+    strides = tuple(int(s) for s in rng.integers(1, 4, ndim))
+    dilations = tuple(int(d) for d in rng.integers(1, 3, ndim))
+    pads = tuple((int(a), int(b)) for a, b in rng.integers(0, 5, (ndim, 2)))
+    out = [reference.output_size("EXPLICIT", i, k, s, d, p) for i, k, s, d, p
+           in zip(spatial, kernel, strides, dilations, pads)]
+    if min(out) > 0:
+      break
+  spec = ConvSpec(input_spatial=spatial, strides=strides, dilations=dilations,
+                  padding=pads, channels_last=bool(rng.integers(2)))
+  n = int(rng.integers(1, 6)) if batch is None else batch
+  ci, co = int(rng.integers(1, max_ci)), int(rng.integers(1, max_co))
+  x = rng.standard_normal(spec.activation_shape(n, ci, spatial))
+  dy = rng.standard_normal(spec.activation_shape(n, co, out))
+  return spec, kernel, x.astype(np.float32), dy.astype(np.float32)

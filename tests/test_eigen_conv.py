@@ -11,6 +11,7 @@ import jaxconv
 import lowering
 from lowering import cpu, geometry, partners
 from lowering.cpu import eigen_conv
+from tests import configs
 
 
 def ynn_convolutions(fn, *args):
@@ -163,30 +164,12 @@ def test_cpu_op_and_gradient_use_no_ynn_convolution(
     assert ynn_convolutions(jax.grad(lambda w, dy: loss(w, dy), 1), w, dy) >= 1
 
 
-def _random_filter_gradient_case(rng):
-  """A one-group 2-D ConvSpec (pads up to 4: some crop x) with float32 x, dy."""
-  kernel = tuple(int(k) for k in rng.integers(1, 4, 2))
-  while True:
-    spec = geometry.ConvSpec(
-        input_spatial=tuple(int(i) for i in rng.integers(1, 9, 2)),
-        strides=tuple(int(s) for s in rng.integers(1, 4, 2)),
-        dilations=tuple(int(d) for d in rng.integers(1, 3, 2)),
-        padding=tuple((int(a), int(b)) for a, b in rng.integers(0, 5, (2, 2))),
-        channels_last=bool(rng.integers(2)))
-    out_spatial = spec.out_backprop_spatial(kernel)
-    if min(out_spatial) > 0:
-      break
-  ci, co = int(rng.integers(1, 4)), int(rng.integers(1, 21))
-  x = rng.standard_normal(spec.activation_shape(3, ci, spec.input_spatial))
-  dy = rng.standard_normal(spec.activation_shape(3, co, out_spatial))
-  return spec, kernel, x.astype(np.float32), dy.astype(np.float32)
-
-
 def test_filter_gradient_as_one_1d_convolution_matches_the_standard_form():
   rng = np.random.default_rng(3)
   crops = 0
   for _ in range(24):
-    spec, kernel, x, dy = _random_filter_gradient_case(rng)
+    spec, kernel, x, dy = configs.random_filter_gradient_case(
+        rng, 2, max_kernel=4, max_size=9, batch=3, max_ci=4, max_co=21)
     crops += any(hi < 0 for _, hi in spec.filter_grad_padding(kernel))
     got = jax.jit(lambda a, b: eigen_conv.backprop_filter(
         a, b, spec=spec, kernel=kernel))(x, dy)

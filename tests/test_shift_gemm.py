@@ -10,30 +10,9 @@ import pytest
 from jax import export
 
 import jaxconv
-from lowering import geometry, partners
-from lowering import cpu
+from lowering import cpu, geometry, partners
 from lowering.cpu import shift_gemm
-
-
-def _random_case(rng, ndim):
-  """A one-group ConvSpec of rank `ndim` (pads up to 4: some crop x) with
-  float32 x and dy."""
-  kernel = tuple(int(k) for k in rng.integers(1, 5, ndim))
-  while True:
-    spec = geometry.ConvSpec(
-        input_spatial=tuple(int(i) for i in rng.integers(1, 10, ndim)),
-        strides=tuple(int(s) for s in rng.integers(1, 4, ndim)),
-        dilations=tuple(int(d) for d in rng.integers(1, 3, ndim)),
-        padding=tuple((int(a), int(b))
-                      for a, b in rng.integers(0, 5, (ndim, 2))),
-        channels_last=bool(rng.integers(2)))
-    out_spatial = spec.out_backprop_spatial(kernel)
-    if min(out_spatial) > 0:
-      break
-  n, ci, co = (int(v) for v in rng.integers(1, 6, 3))
-  x = rng.standard_normal(spec.activation_shape(n, ci, spec.input_spatial))
-  dy = rng.standard_normal(spec.activation_shape(n, co, out_spatial))
-  return spec, kernel, x.astype(np.float32), dy.astype(np.float32)
+from tests import configs
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 1 << 30],
@@ -46,7 +25,8 @@ def test_matches_the_standard_form(ndim, chunk_bytes, monkeypatch):
   rng = np.random.default_rng(ndim)
   crops = strided = 0
   for _ in range(12):
-    spec, kernel, x, dy = _random_case(rng, ndim)
+    spec, kernel, x, dy = configs.random_filter_gradient_case(
+        rng, ndim, max_kernel=5)
     crops += any(hi < 0 for _, hi in spec.filter_grad_padding(kernel))
     strided += any(s > 1 for s in spec.strides)
     got = jax.jit(lambda a, b: shift_gemm.backprop_filter(
