@@ -99,6 +99,22 @@ def random_operands(rng: np.random.Generator, cfg: dict):
   return draw(cfg["filter_shape"]), draw(cfg["out_backprop_shape"])
 
 
+def _geometry(rng, kernel, max_size, max_pad):
+  """(spatial, strides, dilations, explicit pads, out_backprop spatial),
+  drawn until every output size is positive (the reference's arithmetic)."""
+  ndim = len(kernel)
+  while True:
+    spatial = tuple(int(i) for i in rng.integers(1, max_size, ndim))
+    strides = tuple(int(s) for s in rng.integers(1, 4, ndim))
+    dilations = tuple(int(d) for d in rng.integers(1, 3, ndim))
+    pads = tuple((int(a), int(b))
+                 for a, b in rng.integers(0, max_pad, (ndim, 2)))
+    out = [reference.output_size("EXPLICIT", i, k, s, d, p) for i, k, s, d, p
+           in zip(spatial, kernel, strides, dilations, pads)]
+    if min(out) > 0:
+      return spatial, strides, dilations, pads, out
+
+
 def random_nd_case(rng: np.random.Generator, ndim: int, dtype="float64",
                    max_size: int = 8):
   """(ConvSpec with explicit pads, filter, out_backprop) over `ndim` spatial
@@ -107,15 +123,7 @@ def random_nd_case(rng: np.random.Generator, ndim: int, dtype="float64",
   groups = int(rng.choice([1, 1, 2, 3]))
   ci, cog = int(rng.integers(1, 4)), int(rng.integers(1, 4))
   kernel = tuple(int(k) for k in rng.integers(1, 4, ndim))
-  while True:
-    spatial = tuple(int(i) for i in rng.integers(1, max_size, ndim))
-    strides = tuple(int(s) for s in rng.integers(1, 4, ndim))
-    dilations = tuple(int(d) for d in rng.integers(1, 3, ndim))
-    pads = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (ndim, 2)))
-    out = [reference.output_size("EXPLICIT", i, k, s, d, p) for i, k, s, d, p
-           in zip(spatial, kernel, strides, dilations, pads)]
-    if min(out) > 0:
-      break
+  spatial, strides, dilations, pads, out = _geometry(rng, kernel, max_size, 3)
   spec = ConvSpec(input_spatial=spatial, strides=strides, dilations=dilations,
                   padding=pads, groups=groups,
                   channels_last=bool(rng.integers(2)))
@@ -133,15 +141,7 @@ def random_filter_gradient_case(rng: np.random.Generator, ndim: int, *,
   arithmetic; batch None draws 1-5 images."""
   from lowering.geometry import ConvSpec  # the container only, no arithmetic
   kernel = tuple(int(k) for k in rng.integers(1, max_kernel, ndim))
-  while True:
-    spatial = tuple(int(i) for i in rng.integers(1, max_size, ndim))
-    strides = tuple(int(s) for s in rng.integers(1, 4, ndim))
-    dilations = tuple(int(d) for d in rng.integers(1, 3, ndim))
-    pads = tuple((int(a), int(b)) for a, b in rng.integers(0, 5, (ndim, 2)))
-    out = [reference.output_size("EXPLICIT", i, k, s, d, p) for i, k, s, d, p
-           in zip(spatial, kernel, strides, dilations, pads)]
-    if min(out) > 0:
-      break
+  spatial, strides, dilations, pads, out = _geometry(rng, kernel, max_size, 5)
   spec = ConvSpec(input_spatial=spatial, strides=strides, dilations=dilations,
                   padding=pads, channels_last=bool(rng.integers(2)))
   n = int(rng.integers(1, 6)) if batch is None else batch

@@ -1,6 +1,7 @@
 """Test helpers: run a TF-style config through jaxconv and the reference."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -53,3 +54,15 @@ def reference_for_spec(filt, dy, spec, **kw):
       filt, dy, input_spatial=spec.input_spatial, strides=spec.strides,
       dilations=spec.dilations, padding="EXPLICIT", explicit=spec.padding,
       groups=spec.groups, channels_last=spec.channels_last, **kw)
+
+
+def assert_filter_gradient_matches(fn, spec, kernel, x, dy):
+  """fn(x, dy, spec=, kernel=) in float32 against the standard
+  filter-gradient convolution in float64, within 1e-5 of its scale."""
+  from lowering import partners
+  got = jax.jit(lambda a, b: fn(a, b, spec=spec, kernel=kernel))(x, dy)
+  want = partners.backprop_filter(x.astype(np.float64), dy.astype(np.float64),
+                                  spec=spec, kernel=kernel)
+  assert got.shape == want.shape and got.dtype == np.float32
+  scale = max(1.0, float(np.max(np.abs(want))))
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)

@@ -12,6 +12,7 @@ import lowering
 from lowering import cpu, geometry, partners
 from lowering.cpu import eigen_conv
 from tests import configs
+from tests.helpers import assert_filter_gradient_matches
 
 
 def ynn_convolutions(fn, *args):
@@ -171,14 +172,7 @@ def test_filter_gradient_as_one_1d_convolution_matches_the_standard_form():
     spec, kernel, x, dy = configs.random_filter_gradient_case(
         rng, 2, max_kernel=4, max_size=9, batch=3, max_ci=4, max_co=21)
     crops += any(hi < 0 for _, hi in spec.filter_grad_padding(kernel))
-    got = jax.jit(lambda a, b: eigen_conv.backprop_filter(
-        a, b, spec=spec, kernel=kernel))(x, dy)
-    want = partners.backprop_filter(x.astype(np.float64),
-                                    dy.astype(np.float64), spec=spec,
-                                    kernel=kernel)
-    assert got.shape == want.shape and got.dtype == np.float32
-    scale = max(1.0, float(np.max(np.abs(want))))
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+    assert_filter_gradient_matches(eigen_conv.backprop_filter, spec, kernel, x, dy)
   assert crops > 0
 
 

@@ -10,9 +10,10 @@ import pytest
 from jax import export
 
 import jaxconv
-from lowering import cpu, geometry, partners
+from lowering import cpu, geometry
 from lowering.cpu import shift_gemm
 from tests import configs
+from tests.helpers import assert_filter_gradient_matches
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 1 << 30],
@@ -29,14 +30,7 @@ def test_matches_the_standard_form(ndim, chunk_bytes, monkeypatch):
         rng, ndim, max_kernel=5)
     crops += any(hi < 0 for _, hi in spec.filter_grad_padding(kernel))
     strided += any(s > 1 for s in spec.strides)
-    got = jax.jit(lambda a, b: shift_gemm.backprop_filter(
-        a, b, spec=spec, kernel=kernel))(x, dy)
-    want = partners.backprop_filter(x.astype(np.float64),
-                                    dy.astype(np.float64), spec=spec,
-                                    kernel=kernel)
-    assert got.shape == want.shape and got.dtype == np.float32
-    scale = max(1.0, float(np.max(np.abs(want))))
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+    assert_filter_gradient_matches(shift_gemm.backprop_filter, spec, kernel, x, dy)
   assert crops > 0 and strided > 0
 
 
