@@ -19,6 +19,7 @@ one; the rule is in lowering/cpu/__init__.py): dense s1 56x56 64 N8
 from __future__ import annotations
 
 import itertools
+import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -88,8 +89,9 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   else:
     def step(acc, xdy):
       return [a + b for a, b in zip(acc, products(*xdy))], None
-    zeros = [jnp.zeros((kernel[-1] * c, len(list(itertools.product(
-        *[t for _, t in combo]))) * co), x.dtype) for combo in combos]
+    zeros = [jnp.zeros((kernel[-1] * c,
+                        math.prod(len(t) for _, t in combo) * co), x.dtype)
+             for combo in combos]
     sums, _ = lax.scan(step, zeros, (
         x.reshape(batch // chunk, chunk, *x.shape[1:]),
         dy.reshape(batch // chunk, chunk, *dy.shape[1:])))
