@@ -256,7 +256,8 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   2-D one is as fast or faster for DCGAN k5 128x256, 50-65 vs 36-76, ahead
   in four of six runs, and wins below the channel bound: thin 32x32 k4
   52-59 vs 35-40, 64x32 k3 s2 8.2-9.2 vs 7.7-7.9).  Strided ones with one
-  group before all those: one dot per filter tap (lowering/cpu/tap_dots.py);
+  group before all those, in 2-D and 3-D: one dot per filter tap
+  (lowering/cpu/tap_dots.py);
   3-D stride-1 ones: one 2-D filter gradient per depth tap; 2-D stride-1
   ones with 64 or more channels each side, a 3x3 kernel at most and 28x28
   to 56x56 positions: one GEMM per image (lowering/cpu/shift_gemm.py),
