@@ -395,12 +395,15 @@ _APPLIES = {"canonical": set(_GROUPINGS), "gemm_col2im": set(_GROUPINGS),
             "grouped": {"two groups", "depthwise"}, "depthwise": {"depthwise"}}
 
 
+def test_applies_table_covers_every_strategy():
+  assert set(_APPLIES) == set(cpu.STRATEGIES)
+
+
 @pytest.mark.parametrize("grouping", list(_GROUPINGS))
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES)
 def test_each_strategy_applies_exactly_where_it_lowers(strategy, grouping):
   """Forced strictly, a strategy lowers (and is exact) where it applies and
   raises where it does not."""
-  assert set(_APPLIES) == set(cpu.STRATEGIES)
   fshape = _GROUPINGS[grouping]
   cfg = dict(input_sizes=[2, 6, 5, 4], filter_shape=list(fshape),
              strides=[1, 2, 2, 1], padding="SAME", explicit_paddings=[],
@@ -500,7 +503,6 @@ def test_choice_on_benchmark_classes(fmt, sizes, fshape, stride, dtype, want):
      ("gemm_col2im", "stride > 1: dot + per-phase col2im")),  # 18.9 MB
     ([1, 128, 128, 128], (3, 3, 128, 256), 2, 1, "float32", 2,
      ("subpixel", "GEMM columns of 32 MiB or more: stride-1 convolutions")),
-
     # At the rules' bounds:
     ([2, 9, 8, 32], (2, 1, 32, 32), 2, 2, "float32", 2,
      ("subpixel", "stride and dilation: stride-1 convolutions per phase")),
