@@ -60,7 +60,9 @@ def _op(x, dy):
 
 def test_cpu_rule_takes_it_for_dense_stride_1_layers(monkeypatch):
   """The dense stride-1 filter gradient lowers to dots in a scan over the
-  images, with no convolution, and equals JAX's conv VJP."""
+  images, with no convolution, and equals JAX's conv VJP (the size bound,
+  tested above, lowered to keep the layer small)."""
+  monkeypatch.setattr(cpu, "_EIGEN_ROWS_CACHED", 0)
   calls = []
   original = shift_gemm.backprop_filter
   monkeypatch.setattr(shift_gemm, "backprop_filter", lambda *a, **k: (
@@ -79,19 +81,21 @@ def test_cpu_rule_takes_it_for_dense_stride_1_layers(monkeypatch):
                              atol=1e-5 * float(np.max(np.abs(want))))
 
 
+# N8 float32, 64 channels: Eigen's kernel rows are 3 x 8 x H x W x 64 x 4
+# bytes, 16 MiB from 2731 positions on.
 @pytest.mark.parametrize("spatial, channels, kernel, strides, dilation, want", [
-    ((56, 56), (64, 64), (3, 3), 1, 1, True),    # the bounds themselves
-    ((28, 28), (64, 64), (3, 3), 1, 1, True),
-    ((28, 28), (256, 128), (2, 3), 1, 1, True),
-    ((56, 57), (64, 64), (3, 3), 1, 1, False),   # more positions
-    ((57, 56), (64, 64), (3, 3), 1, 1, False),
-    ((27, 28), (64, 64), (3, 3), 1, 1, False),   # fewer
-    ((28, 28), (32, 64), (3, 3), 1, 1, False),   # too few channels
-    ((28, 28), (64, 63), (3, 3), 1, 1, False),
-    ((28, 28), (64, 64), (4, 3), 1, 1, False),   # a larger kernel
-    ((28, 28), (64, 64), (3, 4), 1, 1, False),
-    ((28, 28), (64, 64), (3, 3), 2, 1, False),   # strided: one dot per tap
-    ((28, 28), (64, 64), (3, 3), 1, 2, False),   # dilated
+    ((52, 53), (64, 64), (3, 3), 1, 1, True),    # 16.2 MiB of rows
+    ((52, 52), (64, 64), (3, 3), 1, 1, False),   # 15.9 MiB
+    ((56, 56), (64, 64), (3, 3), 1, 1, True),
+    ((28, 28), (256, 128), (3, 2), 1, 1, True),  # 18.4 MiB
+    ((28, 28), (256, 128), (2, 3), 1, 1, False),  # two rows: 12.3 MiB
+    ((28, 28), (64, 64), (3, 3), 1, 1, False),   # 4.6 MiB: Eigen's
+    ((56, 56), (32, 64), (3, 3), 1, 1, False),   # too few channels
+    ((56, 56), (64, 63), (3, 3), 1, 1, False),
+    ((56, 56), (64, 64), (4, 3), 1, 1, False),   # a larger kernel
+    ((56, 56), (64, 64), (3, 4), 1, 1, False),
+    ((56, 56), (64, 64), (3, 3), 2, 1, False),   # strided: one dot per tap
+    ((56, 56), (64, 64), (3, 3), 1, 2, False),   # dilated
 ])
 def test_cpu_rule_bounds(spatial, channels, kernel, strides, dilation, want):
   spec = geometry.ConvSpec(spatial, (strides,) * 2, (dilation,) * 2,
@@ -100,9 +104,13 @@ def test_cpu_rule_bounds(spatial, channels, kernel, strides, dilation, want):
   x = jax.ShapeDtypeStruct((8, *spatial, channels[0]), np.float32)
   dy = jax.ShapeDtypeStruct((8, *out, channels[1]), np.float32)
   assert cpu._per_image_gemm(spec, kernel, x, dy) == want
-  if want:  # float32 only
+  if want:  # float32 only; a symbolic batch counts as one image
     half = jax.ShapeDtypeStruct(x.shape, np.float16)
     assert not cpu._per_image_gemm(spec, kernel, half, dy)
+    b, = export.symbolic_shape("b")
+    assert not cpu._per_image_gemm(
+        spec, kernel, jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype),
+        jax.ShapeDtypeStruct((b, *dy.shape[1:]), dy.dtype))
   nchw = geometry.ConvSpec(spatial, (strides,) * 2, (dilation,) * 2,
                            ((1, 1), (1, 1)), channels_last=False)
   x = jax.ShapeDtypeStruct((8, channels[0], *spatial), np.float32)
@@ -110,7 +118,8 @@ def test_cpu_rule_bounds(spatial, channels, kernel, strides, dilation, want):
   assert cpu._per_image_gemm(nchw, kernel, x, dy) == want
 
 
-def test_symbolic_batch_exports_in_one_piece():
+def test_symbolic_batch_exports_in_one_piece(monkeypatch):
+  monkeypatch.setattr(cpu, "_EIGEN_ROWS_CACHED", 0)
   x, dy = _dense(n=3)
   b, = export.symbolic_shape("b")
   exp = export.export(jax.jit(_op), platforms=["cpu"])(

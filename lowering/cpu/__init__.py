@@ -41,6 +41,9 @@ _STRATEGIES = {
 STRATEGIES = tuple(_STRATEGIES)
 # XLA CPU's algebraic simplifier aborts on some float64 lhs-dilated
 # convolutions (found by tests/fuzz.py); no CPU convolution there for these.
+# Above this many bytes of kernel rows Eigen's filter gradient leaves the
+# cache (backprop_filter); a symbolic batch counts as one image.
+_EIGEN_ROWS_CACHED = 16 << 20
 _NO_CPU_CONVOLUTION = (np.dtype(np.float64), np.dtype(np.int32))
 _forced: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
     "jaxconv_cpu_strategy", default=None)
@@ -259,13 +262,18 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   group before all those, in 2-D and 3-D: one dot per filter tap
   (lowering/cpu/tap_dots.py);
   3-D stride-1 ones: one 2-D filter gradient per depth tap; 2-D stride-1
-  ones with 64 or more channels each side, a 3x3 kernel at most and 28x28
-  to 56x56 positions: one GEMM per image (lowering/cpu/shift_gemm.py),
-  where issue 5's Eigen form measured bimodal across runs (dense 56x56 64
-  N8: 9.4 ms in some, 19.6-21.4 in others; shift_gemm 9.9-11.8, XLA's
-  form 14.6-15.8; 56x56 128: 28-29 vs 42-47 Eigen, 33-37 XLA; outside
-  those bounds the Eigen form or XLA's was as fast or faster: 14x14 512
-  18-19 Eigen vs 23-24, 112x112 32->64 17 XLA vs 29, k5 18 XLA vs 22)."""
+  ones with 64 or more channels each side and a 3x3 kernel at most whose
+  Eigen form would copy 16 MB of kernel rows or more: one GEMM per image
+  (lowering/cpu/shift_gemm.py).  Eigen's convolution slows down 2-4x once
+  those rows outgrow the cache (ms, Eigen vs shift_gemm vs XLA's form, N8
+  unless said, rows in MB: 56x56 64 19.3: 17.7-18.4 vs 8.1-8.8 vs 13-14;
+  N16 38.5: 42 vs 19-22 vs 35; 56x56 128 38.5: 41-42 vs 25-27 vs 35-37;
+  28x28 256 19.3: 29-31 vs 23-24 vs 29; N32 28x28 64 19.3: 18 vs 14 vs
+  16; 112x112 64 77: 78 vs 60 vs 116; 20x20 512 19.7: 47 vs 45 vs 66;
+  below the bound Eigen leads: 28x28 64 4.8: 1.7 vs 3.2 vs 3.0; 28x28 128
+  9.6: 5.9 vs 8.0 vs 7.4; 40x40 64 9.8: 4.1 vs 5.7 vs 7.1; N16 28x28 64
+  9.6: 6.1 vs 7.2 vs 7.0; 14x14 512 9.6: 17 vs 22 vs 23; N4 56x56 64 9.6:
+  4.0-4.4 vs 3.9-4.0 vs 6.9-7.3)."""
   if _portable.get():
     return partners.backprop_filter(x, dy, spec=spec, kernel=kernel)
   c = spec.feature_axis
@@ -291,11 +299,13 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
 
 def _per_image_gemm(spec: ConvSpec, kernel, x, dy) -> bool:
   c = spec.feature_axis
+  batch = x.shape[0] if isinstance(x.shape[0], (int, np.integer)) else 1
+  rows = kernel[0] * batch * math.prod(x.shape[1:]) * x.dtype.itemsize
   return (spec.ndim == 2 and x.dtype == np.float32
           and all(s == 1 for s in spec.strides)
           and all(d == 1 for d in spec.dilations) and max(kernel) <= 3
           and min(x.shape[c], dy.shape[c]) >= 64
-          and 28 * 28 <= math.prod(spec.input_spatial) <= 56 * 56)
+          and rows >= _EIGEN_ROWS_CACHED)
 
 
 def _filter_per_depth_tap(x, dy, spec: ConvSpec, kernel):

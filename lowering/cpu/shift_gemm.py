@@ -1,25 +1,26 @@
-"""A filter gradient as one GEMM per stride phase, image by image.
+"""A filter gradient as one GEMM per leading filter tap, image by image.
 
 TF's Conv2DBackpropFilter (lowering/partners.py) pairs each filter tap
 with the input positions it sees.  Here the last spatial dim's taps come
 from shifted (strided) copies of x, stacked on its channels, and the other
-dims' taps from shifted copies of dy, stacked on dy's channels: one
-[KW*C, positions] x [positions, taps*C_out] product then holds the
-gradient of every tap whose leading offsets share a stride phase (one
-product at stride 1).  The copies are KW-fold (x) and taps-fold (dy) per
-image, small enough to stay in cache, so a scan runs image chunks through
-them: no im2col of the whole batch (9x the input: 58 MB for dense s1 56x56
-64 N8 on a machine that copies ~7.5 GB/s) and a standard row-major GEMM
-(x channel-major), where a K-major one ran at half speed.  Measured on the
-project's 2-core machine (ms, this vs XLA's form vs issue 5's 1-D Eigen
-one; the rule is in lowering/cpu/__init__.py): dense s1 56x56 64 N8
-9.9-11.8 vs 14.6-15.8 vs 19.6-21.4; 56x56 128 N8 28-29 vs 33-37 vs
-42-47; 28x28 256 N8 21-27 vs 30 vs 20-33.  One feature group.
+dims' taps from shifted copies of dy: one [KW*C, positions] x
+[positions, C_out] product per leading tap (KH of them in 2-D) holds the
+gradient of its KW taps; x's copies are shared by the leading taps of one
+stride phase (all of them at stride 1).  The copies are KW-fold (x, made
+channel-major inside the loop) and taps-fold (dy: slices of one padded
+copy) per image, small enough to stay in cache, so a scan runs image
+chunks through them: no im2col of the whole batch (9x the input: 58 MB
+for dense s1 56x56 64 N8 on a machine that copies ~7.5 GB/s) and a
+standard row-major GEMM, where a K-major one ran at half speed.  dense s1
+56x56 64 N8 on the project's 2-core machine: 7.4-7.5 ms, 8.4-8.5 with
+x transposed before the loop, dy's shifted copies concatenated for one
+product and the images scanned with a unit chunk dim (XLA copied x and
+dy whole for that dim's layout); XLA's form 13-14, Eigen's 17.7-18.4.
+Where the CPU rule uses it: lowering/cpu/__init__.py.  One feature group.
 """
 from __future__ import annotations
 
 import itertools
-import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -47,63 +48,72 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   x = lax.pad(x, np.zeros((), x.dtype),
               [(0, 0, 0), *[(lo, hi, 0) for lo, hi in
                             spec.filter_grad_padding(kernel)], (0, 0, 0)])
-  x = jnp.moveaxis(x, -1, 1)  # channel-major: [N, C, *spatial]
-  batch, c, co = x.shape[0], x.shape[1], dy.shape[-1]
+  batch, c, co = x.shape[0], x.shape[-1], dy.shape[-1]
   positions = dy.shape[1:-1]
   *lead_s, s_w = spec.strides
   *lead_d, d_w = spec.dilations
-  combos = list(itertools.product(*[
-      sorted(_phases(k, s, d).items()) for k, s, d in
-      zip(kernel[:-1], lead_s, lead_d)]))
+  phases = [sorted(_phases(k, s, d).items()) for k, s, d in
+            zip(kernel[:-1], lead_s, lead_d)]
+  # dy is padded once by the widest spread of offsets along each leading
+  # dim; each leading tap's shifted copy is then a slice of it.
+  spreads = [max(max(o for _, o in t) - min(o for _, o in t) for _, t in p)
+             for p in phases]
+  dy = lax.pad(dy, np.zeros((), dy.dtype),
+               [(0, 0, 0), *[(m, m, 0) for m in spreads], (0, 0, 0),
+                (0, 0, 0)])
+  combos = list(itertools.product(*phases))
+  leads = [tuple(tap for tap, _ in picks) for combo in combos
+           for picks in itertools.product(*[t for _, t in combo])]
 
   def products(xb, dyb):
-    """One product per phase combination for a chunk of images."""
-    out = []
+    """One [KW * C, C_out] product per leading tap for a chunk of images."""
+    xb = jnp.moveaxis(xb, -1, 1)  # channel-major: [n, C, *spatial]
+    n, out = xb.shape[0], []
     for combo in combos:
       # x: the rows of this phase, then KW shifted copies of the last dim.
-      start, limit, step, pads = [0, 0], [xb.shape[0], c], [1, 1], []
-      for (phase, taps), p, s in zip(combo, positions, lead_s):
-        lo = min(o for _, o in taps)
-        rows = p + max(o for _, o in taps) - lo
+      start, limit, step, rows = [0, 0], [n, c], [1, 1], []
+      for (phase, t), p, s in zip(combo, positions, lead_s):
+        lo = min(o for _, o in t)
+        rows.append(p + max(o for _, o in t) - lo)
         start.append(phase + s * lo)
-        limit.append(phase + s * (lo + rows - 1) + 1)
+        limit.append(phase + s * (lo + rows[-1] - 1) + 1)
         step.append(s)
-        pads.append([(o - lo, rows - p - (o - lo)) for _, o in taps])
       cols = jnp.stack([
           lax.slice(xb, [*start, kw * d_w],
                     [*limit, kw * d_w + (positions[-1] - 1) * s_w + 1],
                     [*step, s_w]) for kw in range(kernel[-1])])
-      # dy: one copy per leading tap, shifted by its offset.
-      shifted = jnp.concatenate([
-          lax.pad(dyb, np.zeros((), dyb.dtype),
-                  [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pad], (0, 0, 0),
-                   (0, 0, 0)]) for pad in itertools.product(*pads)], -1)
-      # cols [KW, N, C, rows..., W] -> [KW * C, N * rows * W]
+      # cols [KW, n, C, rows..., W] -> [KW * C, n * rows * W]
       cols = jnp.swapaxes(cols, 1, 2).reshape(kernel[-1] * c, -1)
-      out.append(cols @ shifted.reshape(-1, shifted.shape[-1]))
+      # dy, shifted by each leading tap's offset: a slice, one product each.
+      for picks in itertools.product(*[t for _, t in combo]):
+        first = [m - (o - min(q for _, q in t)) for m, (_, o), (_, t) in
+                 zip(spreads, picks, combo)]
+        shifted = lax.slice(
+            dyb, [0, *first, 0, 0],
+            [n, *[f + r for f, r in zip(first, rows)], *dyb.shape[-2:]])
+        out.append(cols @ shifted.reshape(-1, co))
     return out
 
   chunk = _chunk(batch, x[0].size * kernel[-1] * x.dtype.itemsize)
   if chunk == batch:
     sums = products(x, dy)
   else:
+    if chunk == 1:  # scanned as they are: a unit dim made XLA copy both
+      xs, dys, add_dim = x, dy, lambda a: a[None]
+    else:
+      xs, dys = (a.reshape(batch // chunk, chunk, *a.shape[1:])
+                 for a in (x, dy))
+      add_dim = lambda a: a
+
     def step(acc, xdy):
-      return [a + b for a, b in zip(acc, products(*xdy))], None
-    zeros = [jnp.zeros((kernel[-1] * c,
-                        math.prod(len(t) for _, t in combo) * co), x.dtype)
-             for combo in combos]
-    sums, _ = lax.scan(step, zeros, (
-        x.reshape(batch // chunk, chunk, *x.shape[1:]),
-        dy.reshape(batch // chunk, chunk, *dy.shape[1:])))
-  # Scatter the products' blocks to their taps.
+      return [a + b for a, b in zip(acc, products(*map(add_dim, xdy)))], None
+    zeros = [jnp.zeros((kernel[-1] * c, co), x.dtype)] * len(leads)
+    sums, _ = lax.scan(step, zeros, (xs, dys))
+  # Each product holds the KW taps of its leading tap.
   grads = {}
-  for combo, r in zip(combos, sums):
-    lead_taps = [[t for t, _ in taps] for _, taps in combo]
-    r = r.reshape(kernel[-1], c, *map(len, lead_taps), co)
-    for idx in itertools.product(*[range(len(t)) for t in lead_taps]):
-      tap = tuple(t[i] for t, i in zip(lead_taps, idx))
-      for kw in range(kernel[-1]):
-        grads[(*tap, kw)] = r[(kw, slice(None), *idx)]
+  for lead, r in zip(leads, sums):
+    for kw, g in enumerate(r.reshape(kernel[-1], c, co)):
+      grads[(*lead, kw)] = g
   out = jnp.stack([grads[tap] for tap in np.ndindex(*kernel)])
   return out.reshape(*kernel, c, co)
 
