@@ -129,3 +129,34 @@ def test_symbolic_batch_exports_in_one_piece(monkeypatch):
   np.testing.assert_allclose(exp.call(x[:2], dy[:2]),
                              jax.jit(_op)(x[:2], dy[:2]), rtol=1e-5,
                              atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel, strides, dilations, dtype, want", [
+    ((3, 3), (2, 2), (1, 1), np.float32, "shift_gemm"),  # taps 0 and 2 share
+    ((3, 1), (2, 1), (1, 1), np.float32, "shift_gemm"),  # a phase in one dim
+    ((3, 3, 3), (2, 2, 2), (1, 1, 1), np.float32, "shift_gemm"),
+    ((3, 3), (2, 2), (2, 2), np.float32, "shift_gemm"),  # 0, 2, 4: one phase
+    ((2, 2), (2, 2), (1, 1), np.float32, "tap_dots"),    # one tap per phase
+    ((1, 1), (2, 2), (1, 1), np.float32, "tap_dots"),
+    ((3, 3), (3, 3), (1, 1), np.float32, "tap_dots"),
+    ((2, 2), (2, 2), (3, 3), np.float32, "tap_dots"),    # 0 and 3: apart
+    ((3, 3), (2, 2), (1, 1), np.float16, "tap_dots"),    # float32 sums
+])
+def test_cpu_rule_for_strided_layers(kernel, strides, dilations, dtype, want,
+                                     monkeypatch):
+  """Strided one-group filter gradients: this form where taps overlap,
+  one dot per tap where they do not (or in half precision)."""
+  from lowering.cpu import tap_dots
+  calls = []
+  for module in (shift_gemm, tap_dots):
+    monkeypatch.setattr(module, "backprop_filter", lambda *a, m=module,
+                        f=module.backprop_filter, **k: (
+                            calls.append(m.__name__.split(".")[-1]),
+                            f(*a, **k))[1])
+  ndim = len(kernel)
+  spec = geometry.ConvSpec((9,) * ndim, strides, dilations, ((1, 1),) * ndim)
+  x = jnp.ones((2, *(9,) * ndim, 8), dtype)
+  dy = jnp.ones((2, *spec.out_backprop_spatial(kernel), 8), dtype)
+  jax.jit(lambda x, dy: cpu.backprop_filter(x, dy, spec=spec,
+                                            kernel=kernel)).lower(x, dy)
+  assert calls == [want]

@@ -218,7 +218,8 @@ def _conv_dims(fn, *args):
 def test_cpu_filter_gradient_routes():
   """Depthwise: the split (convolutions) at stride 1, per-tap reductions
   (none) when strided; 3-D stride 1: 2-D convolutions per depth tap;
-  strided dense ones: per-tap dots in 2-D, XLA's convolution in 1-D."""
+  strided dense ones: dots in 2-D (which ones: test_shift_gemm), XLA's
+  convolution in 1-D."""
   for strides, convs in (((1, 1), True), ((2, 1), False)):
     spec = lowering.ConvSpec(input_spatial=(6, 6), strides=strides,
                              dilations=(1, 1), padding=((1, 1), (1, 1)),
@@ -234,8 +235,8 @@ def test_cpu_filter_gradient_routes():
   dims = _conv_dims(lambda x, dy: cpu.backprop_filter(
       x, dy, spec=spec, kernel=(3, 3, 3)), x, x)
   assert dims == [2, 2, 2]
-  # Strided, one group: one dot per tap in 2-D (no convolution), XLA's 1-D
-  # convolution (on Eigen) in 1-D.
+  # Strided, one group: dots in 2-D (no convolution), XLA's 1-D convolution
+  # (on Eigen) in 1-D.
   for ndim, dims in ((2, []), (1, [1])):
     spec = lowering.ConvSpec(input_spatial=(8,) * ndim, strides=(2,) * ndim,
                              dilations=(1,) * ndim, padding=((1, 0),) * ndim)

@@ -259,8 +259,14 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   2-D one is as fast or faster for DCGAN k5 128x256, 50-65 vs 36-76, ahead
   in four of six runs, and wins below the channel bound: thin 32x32 k4
   52-59 vs 35-40, 64x32 k3 s2 8.2-9.2 vs 7.7-7.9).  Strided ones with one
-  group before all those, in 2-D and 3-D: one dot per filter tap
-  (lowering/cpu/tap_dots.py);
+  group before all those, in 2-D and 3-D: float32 ones whose taps overlap
+  (share a stride phase) one GEMM per leading tap (lowering/cpu/
+  shift_gemm.py), the others one dot per filter tap (lowering/cpu/
+  tap_dots.py; ms, shift_gemm vs tap_dots, the suite's layers: unet-up
+  7.2-7.3 vs 7.6-7.9, 3-D unet-up 2.4-2.5 vs 2.9-3.0, dcgan k5 28.4-28.6
+  vs 34.9-35.0, thin k4 12.5-12.9 vs 26.8-28.6, s2+d2 1.2-1.4 vs
+  1.5-1.6, stem k7 3.3-3.4 vs 3.3; taps apart: 1x1 8.2-8.3 vs 6.4-6.5,
+  unet-up k2 3.1-3.3 vs 2.9-3.0);
   3-D stride-1 ones: one 2-D filter gradient per depth tap; 2-D stride-1
   ones with 64 or more channels each side and a 3x3 kernel at most whose
   Eigen form would copy 16 MB of kernel rows or more: one GEMM per image
@@ -283,6 +289,8 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
     return depthwise.backprop_filter(x, dy, spec=spec, kernel=kernel,
                                      acc_dtype=_accumulation(x.dtype))
   if tap_dots.applies(spec):
+    if x.dtype == np.float32 and shift_gemm.taps_overlap(spec, kernel):
+      return shift_gemm.backprop_filter(x, dy, spec=spec, kernel=kernel)
     return tap_dots.backprop_filter(x, dy, spec=spec, kernel=kernel,
                                     acc_dtype=_accumulation(x.dtype))
   if spec.ndim == 3:

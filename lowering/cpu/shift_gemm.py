@@ -41,6 +41,14 @@ def _phases(taps: int, stride: int, dilation: int):
   return groups
 
 
+def taps_overlap(spec: ConvSpec, kernel) -> bool:
+  """Whether two taps of some dim share a stride phase (read overlapping
+  rows of x): where this form beats one dot per tap when strided."""
+  return any(len(taps) > 1 for k, s, d in
+             zip(kernel, spec.strides, spec.dilations)
+             for taps in _phases(k, s, d).values())
+
+
 def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   """Filter-shaped `[*kernel, C, C_out]`, any rank."""
   if not spec.channels_last:
