@@ -21,6 +21,7 @@ Where the CPU rule uses it: lowering/cpu/__init__.py.  One feature group.
 from __future__ import annotations
 
 import itertools
+import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -53,28 +54,28 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   """Filter-shaped `[*kernel, C, C_out]`, any rank."""
   if not spec.channels_last:
     x, dy = jnp.moveaxis(x, 1, -1), jnp.moveaxis(dy, 1, -1)
-  x = lax.pad(x, np.zeros((), x.dtype),
-              [(0, 0, 0), *[(lo, hi, 0) for lo, hi in
-                            spec.filter_grad_padding(kernel)], (0, 0, 0)])
+  x_pads = [(0, 0, 0), *[(lo, hi, 0) for lo, hi in
+                         spec.filter_grad_padding(kernel)], (0, 0, 0)]
   batch, c, co = x.shape[0], x.shape[-1], dy.shape[-1]
   positions = dy.shape[1:-1]
   *lead_s, s_w = spec.strides
   *lead_d, d_w = spec.dilations
   phases = [sorted(_phases(k, s, d).items()) for k, s, d in
             zip(kernel[:-1], lead_s, lead_d)]
-  # dy is padded once by the widest spread of offsets along each leading
-  # dim; each leading tap's shifted copy is then a slice of it.
+  # dy is padded by the widest spread of offsets along each leading dim;
+  # each leading tap's shifted copy is then a slice of it.
   spreads = [max(max(o for _, o in t) - min(o for _, o in t) for _, t in p)
              for p in phases]
-  dy = lax.pad(dy, np.zeros((), dy.dtype),
-               [(0, 0, 0), *[(m, m, 0) for m in spreads], (0, 0, 0),
-                (0, 0, 0)])
+  dy_pads = [(0, 0, 0), *[(m, m, 0) for m in spreads], (0, 0, 0), (0, 0, 0)]
   combos = list(itertools.product(*phases))
   leads = [tuple(tap for tap, _ in picks) for combo in combos
            for picks in itertools.product(*[t for _, t in combo])]
 
   def products(xb, dyb):
-    """One [KW * C, C_out] product per leading tap for a chunk of images."""
+    """One [KW * C, C_out] product per leading tap for a chunk of images
+    (padded here, in cache)."""
+    xb = lax.pad(xb, np.zeros((), xb.dtype), x_pads)
+    dyb = lax.pad(dyb, np.zeros((), dyb.dtype), dy_pads)
     xb = jnp.moveaxis(xb, -1, 1)  # channel-major: [n, C, *spatial]
     n, out = xb.shape[0], []
     for combo in combos:
@@ -102,7 +103,9 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
         out.append(cols @ shifted.reshape(-1, co))
     return out
 
-  chunk = _chunk(batch, x[0].size * kernel[-1] * x.dtype.itemsize)
+  image = c * math.prod(n + lo + hi for n, (lo, hi, _) in
+                       zip(x.shape[1:-1], x_pads[1:]))
+  chunk = _chunk(batch, image * kernel[-1] * x.dtype.itemsize)
   if chunk == batch:
     sums = products(x, dy)
   else:
