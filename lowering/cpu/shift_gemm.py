@@ -30,6 +30,7 @@ from jax import lax
 from lowering.geometry import ConvSpec
 
 _CHUNK_BYTES = 4 << 20  # x's shifted copies per scan step: about L3 / 8
+_BANDS = 2  # products per leading tap and image chunk (_bands)
 
 
 def _phases(taps: int, stride: int, dilation: int):
@@ -71,43 +72,53 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   leads = [tuple(tap for tap, _ in picks) for combo in combos
            for picks in itertools.product(*[t for _, t in combo])]
 
-  def products(xb, dyb):
-    """One [KW * C, C_out] product per leading tap for a chunk of images
-    (padded here, in cache)."""
+  def products(acc, xb, dyb):
+    """acc plus one [KW * C, C_out] product per leading tap for a chunk of
+    images (padded here, in cache), added band by band."""
     xb = lax.pad(xb, np.zeros((), xb.dtype), x_pads)
     dyb = lax.pad(dyb, np.zeros((), dyb.dtype), dy_pads)
     xb = jnp.moveaxis(xb, -1, 1)  # channel-major: [n, C, *spatial]
-    n, out = xb.shape[0], []
+    n, acc, base = xb.shape[0], list(acc), 0  # acc[base + k]: pick k
     for combo in combos:
       # x: the rows of this phase, then KW shifted copies of the last dim.
-      start, limit, step, rows = [0, 0], [n, c], [1, 1], []
+      start, step, rows = [], [], []
       for (phase, t), p, s in zip(combo, positions, lead_s):
         lo = min(o for _, o in t)
         rows.append(p + max(o for _, o in t) - lo)
         start.append(phase + s * lo)
-        limit.append(phase + s * (lo + rows[-1] - 1) + 1)
         step.append(s)
-      cols = jnp.stack([
-          lax.slice(xb, [*start, kw * d_w],
-                    [*limit, kw * d_w + (positions[-1] - 1) * s_w + 1],
-                    [*step, s_w]) for kw in range(kernel[-1])])
-      # cols [KW, n, C, rows..., W] -> [KW * C, n * rows * W]
-      cols = jnp.swapaxes(cols, 1, 2).reshape(kernel[-1] * c, -1)
-      # dy, shifted by each leading tap's offset: a slice, one product each.
-      for picks in itertools.product(*[t for _, t in combo]):
-        first = [m - (o - min(q for _, q in t)) for m, (_, o), (_, t) in
-                 zip(spreads, picks, combo)]
-        shifted = lax.slice(
-            dyb, [0, *first, 0, 0],
-            [n, *[f + r for f, r in zip(first, rows)], *dyb.shape[-2:]])
-        out.append(cols @ shifted.reshape(-1, co))
-    return out
+      picks = list(itertools.product(*[t for _, t in combo]))
+      for first_rows in _bands(rows[:1]):
+        # this band of the first leading dim's rows, all of the others
+        band = [*first_rows, *[(0, r) for r in rows[1:]]]
+        cols = jnp.stack([lax.slice(
+            xb, [0, 0, *[b + s * r0 for b, s, (r0, _) in
+                         zip(start, step, band)], kw * d_w],
+            [n, c, *[b + s * (r1 - 1) + 1 for b, s, (_, r1) in
+                     zip(start, step, band)],
+             kw * d_w + (positions[-1] - 1) * s_w + 1],
+            [1, 1, *step, s_w]) for kw in range(kernel[-1])])
+        # cols [KW, n, C, rows..., W] -> [KW * C, n * rows * W]
+        cols = jnp.swapaxes(cols, 1, 2).reshape(kernel[-1] * c, -1)
+        # dy, shifted by each leading tap's offset: a slice, one product
+        # each.
+        for k, pick in enumerate(picks):
+          first = [m - (o - min(q for _, q in t)) for m, (_, o), (_, t) in
+                   zip(spreads, pick, combo)]
+          shifted = lax.slice(
+              dyb, [0, *[f + r0 for f, (r0, _) in zip(first, band)], 0, 0],
+              [n, *[f + r1 for f, (_, r1) in zip(first, band)],
+               *dyb.shape[-2:]])
+          acc[base + k] = acc[base + k] + cols @ shifted.reshape(-1, co)
+      base += len(picks)
+    return acc
 
   image = c * math.prod(n + lo + hi for n, (lo, hi, _) in
                        zip(x.shape[1:-1], x_pads[1:]))
   chunk = _chunk(batch, image * kernel[-1] * x.dtype.itemsize)
+  zeros = [jnp.zeros((kernel[-1] * c, co), x.dtype)] * len(leads)
   if chunk == batch:
-    sums = products(x, dy)
+    sums = products(zeros, x, dy)
   else:
     if chunk == 1:  # scanned as they are: a unit dim made XLA copy both
       xs, dys, add_dim = x, dy, lambda a: a[None]
@@ -117,8 +128,7 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
       add_dim = lambda a: a
 
     def step(acc, xdy):
-      return [a + b for a, b in zip(acc, products(*map(add_dim, xdy)))], None
-    zeros = [jnp.zeros((kernel[-1] * c, co), x.dtype)] * len(leads)
+      return products(acc, *map(add_dim, xdy)), None
     sums, _ = lax.scan(step, zeros, (xs, dys))
   # Each product holds the KW taps of its leading tap.
   grads = {}
@@ -127,6 +137,16 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
       grads[(*lead, kw)] = g
   out = jnp.stack([grads[tap] for tap in np.ndindex(*kernel)])
   return out.reshape(*kernel, c, co)
+
+
+def _bands(rows):
+  """[(first, limit)] of the _BANDS bands of rows[0] (one pass when there
+  is no leading dim): twice the products, half the size each, keep both
+  cores busy where an odd count of products left one idle."""
+  if not rows:
+    return [[]]
+  edges = [rows[0] * b // _BANDS for b in range(_BANDS + 1)]
+  return [[(lo, hi)] for lo, hi in zip(edges, edges[1:]) if hi > lo]
 
 
 def _chunk(batch, bytes_per_image: int):
