@@ -62,7 +62,7 @@ def test_cpu_rule_takes_it_for_dense_stride_1_layers(monkeypatch):
   """The dense stride-1 filter gradient lowers to dots in a scan over the
   images, with no convolution, and equals JAX's conv VJP (the size bound,
   tested above, lowered to keep the layer small)."""
-  monkeypatch.setattr(cpu, "_EIGEN_ROWS_CACHED", 0)
+  monkeypatch.setattr(cpu, "_MIN_KERNEL_ROW_BYTES", 0)
   calls = []
   original = shift_gemm.backprop_filter
   monkeypatch.setattr(shift_gemm, "backprop_filter", lambda *a, **k: (
@@ -81,20 +81,20 @@ def test_cpu_rule_takes_it_for_dense_stride_1_layers(monkeypatch):
                              atol=1e-5 * float(np.max(np.abs(want))))
 
 
-# N8 float32, 64 channels: Eigen's kernel rows are 3 x 8 x H x W x 64 x 4
-# bytes, 16 MiB from 2731 positions on.
+# N8 float32: Eigen's kernel rows are KH x 8 x H x W x C x 4 bytes.
 @pytest.mark.parametrize("spatial, channels, kernel, strides, dilation, want", [
-    ((52, 53), (64, 64), (3, 3), 1, 1, True),    # 16.2 MiB of rows
-    ((52, 52), (64, 64), (3, 3), 1, 1, False),   # 15.9 MiB
+    ((36, 38), (64, 64), (3, 3), 1, 1, True),    # 8.0 MiB of rows
+    ((36, 37), (64, 64), (3, 3), 1, 1, False),   # 7.8 MiB
     ((56, 56), (64, 64), (3, 3), 1, 1, True),
-    ((28, 28), (256, 128), (3, 2), 1, 1, True),  # 18.4 MiB
-    ((28, 28), (256, 128), (2, 3), 1, 1, False),  # two rows: 12.3 MiB
-    ((28, 28), (64, 64), (3, 3), 1, 1, False),   # 4.6 MiB: Eigen's
-    ((56, 56), (32, 64), (3, 3), 1, 1, False),   # too few channels
-    ((56, 56), (64, 63), (3, 3), 1, 1, False),
+    ((28, 28), (256, 128), (3, 2), 1, 1, True),  # 18.4 MiB, 28x28
+    ((27, 29), (256, 128), (3, 2), 1, 1, False),  # one position fewer
+    ((28, 28), (256, 128), (1, 3), 1, 1, False),  # one row: 6.1 MiB
+    ((112, 112), (16, 32), (3, 3), 1, 1, True),  # 18.4 MiB, 16 channels
+    ((112, 112), (15, 32), (3, 3), 1, 1, False),  # too few channels
+    ((112, 112), (32, 15), (3, 3), 1, 1, False),
     ((56, 56), (64, 64), (4, 3), 1, 1, False),   # a larger kernel
     ((56, 56), (64, 64), (3, 4), 1, 1, False),
-    ((56, 56), (64, 64), (3, 3), 2, 1, False),   # strided: one dot per tap
+    ((56, 56), (64, 64), (3, 3), 2, 1, False),   # strided: its own rule
     ((56, 56), (64, 64), (3, 3), 1, 2, False),   # dilated
 ])
 def test_cpu_rule_bounds(spatial, channels, kernel, strides, dilation, want):
@@ -119,7 +119,7 @@ def test_cpu_rule_bounds(spatial, channels, kernel, strides, dilation, want):
 
 
 def test_symbolic_batch_exports_in_one_piece(monkeypatch):
-  monkeypatch.setattr(cpu, "_EIGEN_ROWS_CACHED", 0)
+  monkeypatch.setattr(cpu, "_MIN_KERNEL_ROW_BYTES", 0)
   x, dy = _dense(n=3)
   b, = export.symbolic_shape("b")
   exp = export.export(jax.jit(_op), platforms=["cpu"])(

@@ -41,9 +41,9 @@ _STRATEGIES = {
 STRATEGIES = tuple(_STRATEGIES)
 # XLA CPU's algebraic simplifier aborts on some float64 lhs-dilated
 # convolutions (found by tests/fuzz.py); no CPU convolution there for these.
-# Above this many bytes of kernel rows Eigen's filter gradient leaves the
-# cache (backprop_filter); a symbolic batch counts as one image.
-_EIGEN_ROWS_CACHED = 16 << 20
+# From this many bytes of kernel rows on, Eigen's filter gradient is the
+# slower (backprop_filter); a symbolic batch counts as one image.
+_MIN_KERNEL_ROW_BYTES = 8 << 20
 _NO_CPU_CONVOLUTION = (np.dtype(np.float64), np.dtype(np.int32))
 _forced: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
     "jaxconv_cpu_strategy", default=None)
@@ -268,18 +268,21 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   1.5-1.6, stem k7 3.3-3.4 vs 3.3; taps apart: 1x1 8.2-8.3 vs 6.4-6.5,
   unet-up k2 3.1-3.3 vs 2.9-3.0);
   3-D stride-1 ones: one 2-D filter gradient per depth tap; 2-D stride-1
-  ones with 64 or more channels each side and a 3x3 kernel at most whose
-  Eigen form would copy 16 MB of kernel rows or more: one GEMM per image
-  (lowering/cpu/shift_gemm.py).  Eigen's convolution slows down 2-4x once
-  those rows outgrow the cache (ms, Eigen vs shift_gemm vs XLA's form, N8
-  unless said, rows in MB: 56x56 64 19.3: 17.7-18.4 vs 8.1-8.8 vs 13-14;
-  N16 38.5: 42 vs 19-22 vs 35; 56x56 128 38.5: 41-42 vs 25-27 vs 35-37;
-  28x28 256 19.3: 29-31 vs 23-24 vs 29; N32 28x28 64 19.3: 18 vs 14 vs
-  16; 112x112 64 77: 78 vs 60 vs 116; 20x20 512 19.7: 47 vs 45 vs 66;
-  below the bound Eigen leads: 28x28 64 4.8: 1.7 vs 3.2 vs 3.0; 28x28 128
-  9.6: 5.9 vs 8.0 vs 7.4; 40x40 64 9.8: 4.1 vs 5.7 vs 7.1; N16 28x28 64
-  9.6: 6.1 vs 7.2 vs 7.0; 14x14 512 9.6: 17 vs 22 vs 23; N4 56x56 64 9.6:
-  4.0-4.4 vs 3.9-4.0 vs 6.9-7.3)."""
+  ones with 16 or more channels each side, a 3x3 kernel at most, 28x28
+  positions or more and 8 MiB or more of kernel rows in the Eigen form:
+  one GEMM per leading tap (lowering/cpu/shift_gemm.py).  Eigen's form
+  slows down 2-4x once those rows outgrow the cache, and shift_gemm's
+  products lose where they are short (ms, shift_gemm vs Eigen vs XLA's
+  form, N8 unless said, rows in MiB: 56x56 64 18.4: 6.2-8.8 vs 18.6-22.1
+  vs 13-14; N16 36.8: 19.7 vs 40.9 vs 27.2; 56x56 128 36.8: 24.6 vs 43.3
+  vs 34.4; 28x28 256 18.4: 20.8 vs 29.0 vs 30.4; 112x112 64 73.5: 37 vs
+  81 vs 109; 40x40 64 9.4: 3.8-4.6 vs 4.4-6.3 vs 7.1-7.7; N4 56x56 64
+  9.2: 3.6 vs 4.3 vs 7.1; thinner, where XLA's form was the rule: 56x56
+  32 9.2: 2.6 vs 5.4 vs 3.9; 112x112 32 36.8: 10.6 vs 39-42 vs 16-17;
+  112x112 16x32 18.4: 6.9 vs 16-19 vs 8.6-9.3; even or behind: 28x28 128
+  9.2: 6.1 vs 6.0-6.1 vs 7.4; 28x28 96 6.9: 3.9-4.0 vs 3.5-3.7 vs 5.9;
+  28x28 64 4.6: 2.3 vs 2.0 vs 3.2; 20x20 512 18.8: 46.7-51.4 vs 47 vs
+  67; 14x14 512 9.2: 24 vs 18.4 vs 24)."""
   if _portable.get():
     return partners.backprop_filter(x, dy, spec=spec, kernel=kernel)
   c = spec.feature_axis
@@ -312,8 +315,9 @@ def _per_image_gemm(spec: ConvSpec, kernel, x, dy) -> bool:
   return (spec.ndim == 2 and x.dtype == np.float32
           and all(s == 1 for s in spec.strides)
           and all(d == 1 for d in spec.dilations) and max(kernel) <= 3
-          and min(x.shape[c], dy.shape[c]) >= 64
-          and rows >= _EIGEN_ROWS_CACHED)
+          and min(x.shape[c], dy.shape[c]) >= 16
+          and math.prod(spec.input_spatial) >= 28 * 28
+          and rows >= _MIN_KERNEL_ROW_BYTES)
 
 
 def _filter_per_depth_tap(x, dy, spec: ConvSpec, kernel):
