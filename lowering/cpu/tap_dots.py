@@ -11,7 +11,9 @@ whole input and the copies cost more than they save (dense s1 56x56 64:
 32.4 vs 14.9), so it is for strided ones only; and in 2-D and 3-D: XLA
 runs 1-D convolutions on Eigen, faster than the dots (ms, dots vs XLA:
 k4 s2 4096 64 N8 5.6 vs 3.8; k16 s8 8192 128x256 N4 26.3 vs 16.6; k5 s2
-1024 256 N16 30.3 vs 17.7; k3 s2 2048 128 N8 4.2 vs 4.6).  One feature
+1024 256 N16 30.3 vs 17.7; k3 s2 2048 128 N8 4.2 vs 4.6).  Where taps
+overlap (share a stride phase), float32 layers take lowering/cpu/
+shift_gemm.py instead (the rule: lowering/cpu/__init__.py).  One feature
 group.
 """
 from __future__ import annotations
