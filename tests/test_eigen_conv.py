@@ -222,3 +222,31 @@ def test_3d_convolution_per_depth_tap_matches_lax(layout, strides, pads,
   convs = re.findall(r"stablehlo.convolution.*", text)
   assert len(convs) == 3  # one per depth tap, each 2-D
   assert all(re.search(r"\[b, 0, 1, f\]", c) for c in convs), convs
+
+
+@pytest.mark.parametrize("size, taps, pad, dilation, batches", [
+    (9, 3, (1, 1), 1, [18, 18, 18]),  # each tap on x itself, no copy
+    (9, 3, (6, 0), 1, [14, 18, 18]),  # tap 0: 7 of 9 slices: a slice of x
+    (9, 3, (-1, 2), 1, [18, 14, 12]),  # a crop: 8, 7, 6 of 9 slices
+    (4, 3, (6, 0), 3, [2, 8]),        # tap 0 reads only padding: no conv
+    (1, 2, (2, 2), 4, [2, 2]),        # no tap reaches x: the padded form
+])
+def test_3d_stride_1_depth_taps_read_x_in_place(size, taps, pad, dilation,
+                                                batches):
+  """At depth stride 1 each depth tap's 2-D convolution runs on the input's
+  depth slices themselves (dropping the output slices that would read
+  padding, up to a quarter more work) or on a slice of them, never on a
+  padded copy; taps that read only padding are left out."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((2, size, 5, 4, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((taps, 2, 2, 3, 4)), jnp.float32)
+  dn = lax.ConvDimensionNumbers((0, 4, 1, 2, 3), (4, 3, 0, 1, 2),
+                                (0, 4, 1, 2, 3))
+  pads = [pad, (1, 0), (0, 1)]
+  kw = dict(rhs_dilation=(dilation, 1, 1), dimension_numbers=dn)
+  want = lax.conv_general_dilated(x, w, (1, 1, 1), pads, **kw)
+  fn = jax.jit(lambda x, w: eigen_conv.conv(x, w, (1, 1, 1), pads, **kw))
+  np.testing.assert_allclose(fn(x, w), want, rtol=1e-5, atol=1e-5)
+  lhs = re.findall(r"stablehlo.convolution.*: \(tensor<(\d+)x", fn.lower(
+      x, w).as_text())
+  assert sorted(map(int, lhs)) == sorted(batches)
