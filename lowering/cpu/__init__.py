@@ -259,14 +259,17 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   2-D one is as fast or faster for DCGAN k5 128x256, 50-65 vs 36-76, ahead
   in four of six runs, and wins below the channel bound: thin 32x32 k4
   52-59 vs 35-40, 64x32 k3 s2 8.2-9.2 vs 7.7-7.9).  Strided ones with one
-  group before all those, in 2-D and 3-D: float32 ones whose taps overlap
+  group before all those, in 2-D and 3-D: 2-D float32 ones with a kernel
+  dim over 4 XLA's own form, other float32 ones whose taps overlap
   (share a stride phase) one GEMM per leading tap (lowering/cpu/
-  shift_gemm.py), the others one dot per filter tap (lowering/cpu/
-  tap_dots.py; ms, shift_gemm vs tap_dots, the suite's layers: unet-up
-  7.2-7.3 vs 7.6-7.9, 3-D unet-up 2.4-2.5 vs 2.9-3.0, dcgan k5 28.4-28.6
-  vs 34.9-35.0, thin k4 12.5-12.9 vs 26.8-28.6, s2+d2 1.2-1.4 vs
-  1.5-1.6, stem k7 3.3-3.4 vs 3.3; taps apart: 1x1 8.2-8.3 vs 6.4-6.5,
-  unet-up k2 3.1-3.3 vs 2.9-3.0);
+  shift_gemm.py), the rest one dot per filter tap (lowering/cpu/
+  tap_dots.py; ms, shift_gemm vs tap_dots vs XLA's form: unet-up 6.8 vs
+  7.5 vs 8.8, 3-D unet-up 3.0 vs 3.4 vs 27.6, thin k4 9.8 vs 28.1 vs
+  11.7, 64x128 k4 8.4 vs 19.9 vs 11.0, 256x256 k3 9.6 vs 9.2 vs 11.8,
+  s2+d2 1.4 vs 1.9 vs 1.5; XLA's ahead from k5 on: dcgan k5 22.7 vs 32.7
+  vs 21.2, N8 11.2 vs 11.8 vs 8.8, 64x128 k5 12.4 vs 25.7 vs 12.0, stem
+  k7 3.2 vs 3.9 vs 2.5; taps apart: 1x1 5.8 vs 5.5, unet-up k2 2.6 vs
+  2.4);
   3-D stride-1 ones: one 2-D filter gradient per depth tap; 2-D stride-1
   ones with 16 or more channels each side, a 3x3 kernel at most, 28x28
   positions or more and 8 MiB or more of kernel rows in the Eigen form:
@@ -292,6 +295,8 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
     return depthwise.backprop_filter(x, dy, spec=spec, kernel=kernel,
                                      acc_dtype=_accumulation(x.dtype))
   if tap_dots.applies(spec):
+    if x.dtype == np.float32 and spec.ndim == 2 and max(kernel) > 4:
+      return partners.backprop_filter(x, dy, spec=spec, kernel=kernel)
     if x.dtype == np.float32 and shift_gemm.taps_overlap(spec, kernel):
       return shift_gemm.backprop_filter(x, dy, spec=spec, kernel=kernel)
     return tap_dots.backprop_filter(x, dy, spec=spec, kernel=kernel,
