@@ -41,10 +41,10 @@ _STRATEGIES = {
 STRATEGIES = tuple(_STRATEGIES)
 # XLA CPU's algebraic simplifier aborts on some float64 lhs-dilated
 # convolutions (found by tests/fuzz.py); no CPU convolution there for these.
+_NO_CPU_CONVOLUTION = (np.dtype(np.float64), np.dtype(np.int32))
 # From this many bytes of kernel rows on, Eigen's filter gradient is the
 # slower (backprop_filter); a symbolic batch counts as one image.
 _MIN_KERNEL_ROW_BYTES = 8 << 20
-_NO_CPU_CONVOLUTION = (np.dtype(np.float64), np.dtype(np.int32))
 _forced: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
     "jaxconv_cpu_strategy", default=None)
 

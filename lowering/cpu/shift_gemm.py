@@ -11,12 +11,13 @@ channel-major inside the loop) and taps-fold (dy: slices of one padded
 copy) per image, small enough to stay in cache, so a scan runs image
 chunks through them: no im2col of the whole batch (9x the input: 58 MB
 for dense s1 56x56 64 N8 on a machine that copies ~7.5 GB/s) and a
-standard row-major GEMM, where a K-major one ran at half speed.  dense s1
-56x56 64 N8 on the project's 2-core machine: 7.4-7.5 ms, 8.4-8.5 with
-x transposed before the loop, dy's shifted copies concatenated for one
-product and the images scanned with a unit chunk dim (XLA copied x and
-dy whole for that dim's layout); XLA's form 13-14, Eigen's 17.7-18.4.
-Where the CPU rule uses it: lowering/cpu/__init__.py.  One feature group.
+standard row-major GEMM, where a K-major one ran at half speed.  Dense s1
+56x56 64 N8 on the project's 2-core machine, ms: 6.2 (XLA's form 13-14,
+Eigen's 17.7-18.4); 6.9 in one row band per image (_bands), 7.4 padded
+before the loop, 8.4-8.5 with x transposed before the loop, dy's shifted
+copies concatenated for one product and the images scanned with a unit
+chunk dim (XLA copied x and dy whole for that dim's layout).  Where the
+CPU rule uses it: lowering/cpu/__init__.py.  One feature group.
 """
 from __future__ import annotations
 
