@@ -59,12 +59,12 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   """Filter-shaped `[*kernel, C, C_out]`, any rank."""
   # x is made channel-major per image chunk inside the loop (NCHW already
   # is), dy channels-last.
-  last, f = spec.channels_last, spec.feature_axis
+  last = spec.channels_last
   if not last:
     dy = jnp.moveaxis(dy, 1, -1)
   sizes = [(lo, hi, 0) for lo, hi in spec.filter_grad_padding(kernel)]
   x_pads = [(0, 0, 0), *sizes, (0, 0, 0)] if last else [(0, 0, 0)] * 2 + sizes
-  batch, c, co = x.shape[0], x.shape[f], dy.shape[-1]
+  batch, c, co = x.shape[0], x.shape[spec.feature_axis], dy.shape[-1]
   positions = dy.shape[1:-1]
   *lead_s, s_w = spec.strides
   *lead_d, d_w = spec.dilations
@@ -121,7 +121,7 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
       base += len(picks)
     return acc
 
-  image = c * math.prod(n + lo + hi for n, (lo, hi, _) in
+  image = c * math.prod(size + lo + hi for size, (lo, hi, _) in
                        zip(x.shape[1:-1] if last else x.shape[2:], sizes))
   chunk = _chunk(batch, image * kernel[-1] * x.dtype.itemsize)
   zeros = [jnp.zeros((kernel[-1] * c, co), x.dtype)] * len(leads)
