@@ -44,10 +44,10 @@ import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
 import jaxconv  # noqa: E402
-import lowering  # noqa: E402
+from jaxconv import lowering  # noqa: E402
 from benchmarks.timing import (compile_seconds, interleaved_medians,  # noqa: E402
                                progress, steady_allocator)
-from lowering import cpu  # noqa: E402
+from jaxconv.lowering import cpu  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

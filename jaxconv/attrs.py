@@ -15,7 +15,7 @@ import jax.export
 import numpy as np
 
 from jaxconv.primitive import SUPPORTED_DTYPES
-from lowering.geometry import ConvSpec, forward_padding
+from jaxconv.lowering.geometry import ConvSpec, forward_padding
 
 INT32_MAX = 2**31 - 1
 DATA_FORMATS = {1: ("NWC", "NCW"), 2: ("NHWC", "NCHW"), 3: ("NDHWC", "NCDHW")}

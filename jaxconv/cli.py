@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from jaxconv.export import OPS
-from lowering.cpu import STRATEGIES
+from jaxconv.lowering.cpu import STRATEGIES
 
 EXAMPLES = """examples:
   jaxconv export

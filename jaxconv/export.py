@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 from jax import export as jax_export
 
-import lowering
+from jaxconv import lowering
 from jaxconv import attrs, raw_ops
-from lowering import cpu
+from jaxconv.lowering import cpu
 
 OPS = tuple(raw_ops.__all__)
 

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
-import lowering
+from jaxconv import lowering
 from jaxconv import sharding
 from jaxconv.primitive import def_eager_impl, typed
-from lowering.geometry import ConvSpec
+from jaxconv.lowering.geometry import ConvSpec
 
 conv_forward_p = Primitive("conv_forward")
 conv_backprop_filter_p = Primitive("conv_backprop_filter")

@@ -18,9 +18,9 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
-import lowering
+from jaxconv import lowering
 from jaxconv import sharding
-from lowering.geometry import ConvSpec, effective_size
+from jaxconv.lowering.geometry import ConvSpec, effective_size
 
 conv_backprop_input_p = Primitive("conv_backprop_input")
 

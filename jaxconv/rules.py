@@ -32,7 +32,7 @@ from jaxconv.partners import (backprop_filter_impl, conv_backprop_filter,
                               conv_backprop_filter_p, conv_forward,
                               conv_forward_p, forward_impl)
 from jaxconv.primitive import conv_backprop_input, conv_backprop_input_p
-from lowering.geometry import ConvSpec
+from jaxconv.lowering.geometry import ConvSpec
 
 
 def _kernel(filt_aval, spec):

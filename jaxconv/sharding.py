@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lowering.geometry import ConvSpec
+from jaxconv.lowering.geometry import ConvSpec
 
 
 

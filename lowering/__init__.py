@@ -4,10 +4,10 @@
 platform, `partner_rules()` the same for the op's two partner convolutions;
 the front end never needs to know how a platform lowers.
 """
-from lowering import canonical, cpu, partners
-from lowering._compat import lower_fun
-from lowering.cpu import force_strategy, portable
-from lowering.geometry import ConvSpec
+from . import canonical, cpu, partners
+from ._compat import lower_fun
+from .cpu import force_strategy, portable
+from .geometry import ConvSpec
 
 __all__ = ["ConvSpec", "force_strategy", "lower_fun", "partner_rules",
            "platform_rules", "portable"]

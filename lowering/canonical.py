@@ -15,8 +15,8 @@ import numpy as np
 import jax.numpy as jnp
 from jax.interpreters import mlir
 
-from lowering._compat import finish, hlo, ir_type, lower_fun
-from lowering.geometry import ConvSpec
+from ._compat import finish, hlo, ir_type, lower_fun
+from .geometry import ConvSpec
 
 
 def lower(ctx, filt, dy, *, spec: ConvSpec, accumulate_f32: bool = False):

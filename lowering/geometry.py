@@ -140,6 +140,11 @@ class ConvSpec:
       return (batch, *spatial, channels)
     return (batch, channels, *spatial)
 
+  def filter_shape(self, kernel: Sequence[int], in_depth: int,
+                   out_depth: int) -> tuple:
+    """The filter `[*kernel, in_depth / groups, out_depth]`."""
+    return (*kernel, in_depth // self.groups, out_depth)
+
   def out_backprop_spatial(self, kernel: Sequence[int]) -> tuple[int, ...]:
     """Spatial sizes the forward conv produces, i.e. out_backprop must have."""
     return tuple(

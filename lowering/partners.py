@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from jax import lax
 
-from lowering import phases
-from lowering.geometry import ConvSpec
+from . import phases
+from .geometry import ConvSpec
 
 
 def forward(x, filt, *, spec: ConvSpec, conv=lax.conv_general_dilated):

@@ -19,7 +19,7 @@ import sys
 def _cases(count):
   """The case tests/fuzz.py found aborting XLA CPU, then random 1-3-D ones."""
   import numpy as np
-  from lowering.geometry import ConvSpec
+  from jaxconv.lowering.geometry import ConvSpec
   from tests import configs
   rng = np.random.default_rng(64)
   found = (ConvSpec(input_spatial=(2, 3), strides=(2, 2), dilations=(1, 3),
@@ -36,7 +36,7 @@ def worker(start: int, count: int) -> None:
   from jax.interpreters import mlir
   jax.config.update("jax_enable_x64", True)
   import jaxconv
-  from lowering import canonical
+  from jaxconv.lowering import canonical
   from tests.helpers import assert_close, reference_for_spec
   mlir.register_lowering(
       jaxconv.conv2d_backprop_input_p,

@@ -119,7 +119,7 @@ def random_nd_case(rng: np.random.Generator, ndim: int, dtype="float64",
                    max_size: int = 8):
   """(ConvSpec with explicit pads, filter, out_backprop) over `ndim` spatial
   dims; shapes from the reference's arithmetic, generic float64 values."""
-  from lowering.geometry import ConvSpec  # the container only, no arithmetic
+  from jaxconv.lowering.geometry import ConvSpec  # the container only, no arithmetic
   groups = int(rng.choice([1, 1, 2, 3]))
   ci, cog = int(rng.integers(1, 4)), int(rng.integers(1, 4))
   kernel = tuple(int(k) for k in rng.integers(1, 4, ndim))
@@ -139,7 +139,7 @@ def random_filter_gradient_case(rng: np.random.Generator, ndim: int, *,
   """(one-group ConvSpec, kernel, float32 x, float32 dy) for a filter
   gradient: pads up to 4 (some crop x), shapes from the reference's
   arithmetic; batch None draws 1-5 images."""
-  from lowering.geometry import ConvSpec  # the container only, no arithmetic
+  from jaxconv.lowering.geometry import ConvSpec  # the container only, no arithmetic
   kernel = tuple(int(k) for k in rng.integers(1, max_kernel, ndim))
   spatial, strides, dilations, pads, out = _geometry(rng, kernel, max_size, 5)
   spec = ConvSpec(input_spatial=spatial, strides=strides, dilations=dilations,

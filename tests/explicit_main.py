@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import AxisType, PartitionSpec as P  # noqa: E402
 
 import jaxconv  # noqa: E402
-import lowering  # noqa: E402
+from jaxconv import lowering  # noqa: E402
 from jaxconv.sharding import ShardingTypeError  # noqa: E402
 from tests.sharding_main import LAYERS, collectives, layer_of  # noqa: E402
 

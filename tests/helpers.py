@@ -59,7 +59,7 @@ def reference_for_spec(filt, dy, spec, **kw):
 def assert_filter_gradient_matches(fn, spec, kernel, x, dy):
   """fn(x, dy, spec=, kernel=) in float32 against the standard
   filter-gradient convolution in float64, within 1e-5 of its scale."""
-  from lowering import partners
+  from jaxconv.lowering import partners
   got = jax.jit(lambda a, b: fn(a, b, spec=spec, kernel=kernel))(x, dy)
   want = partners.backprop_filter(x.astype(np.float64), dy.astype(np.float64),
                                   spec=spec, kernel=kernel)

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import jaxconv  # noqa: E402
-import lowering  # noqa: E402
+from jaxconv import lowering  # noqa: E402
 
 COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "reduce-scatter",
                "collective-permute")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import jaxconv
-import lowering
+from jaxconv import lowering
 from tests import configs
 from tests.helpers import (assert_close, reference_for_spec, run_op,
                            run_reference)

@@ -8,9 +8,9 @@ import pytest
 from jax import export, lax
 
 import jaxconv
-import lowering
-from lowering import cpu, geometry, partners
-from lowering.cpu import eigen_conv
+from jaxconv import lowering
+from jaxconv.lowering import cpu, geometry, partners
+from jaxconv.lowering.cpu import eigen_conv
 from tests import configs
 from tests.helpers import assert_filter_gradient_matches
 

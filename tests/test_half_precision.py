@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import jaxconv
-import lowering
+from jaxconv import lowering
 from jaxconv import reference
-from lowering import cpu
+from jaxconv.lowering import cpu
 from tests.helpers import reference_for_spec, run_op, run_reference
 
 # strategy: (input_sizes NHWC, filter shape, stride); SAME padding.
@@ -123,7 +123,7 @@ def test_depthwise_partners_accumulate_in_float32(dtype, narrow, monkeypatch):
 def test_strided_filter_gradient_accumulates_in_float32(dtype, ndim,
                                                         monkeypatch):
   # lowering/cpu/tap_dots.py: one dot per tap, float32 results rounded once.
-  from lowering.cpu import tap_dots
+  from jaxconv.lowering.cpu import tap_dots
   calls, original = [], tap_dots.backprop_filter
   monkeypatch.setattr(tap_dots, "backprop_filter", lambda *a, **k: calls.append(
       k["acc_dtype"]) or original(*a, **k))

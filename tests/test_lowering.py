@@ -9,7 +9,7 @@ from absl.testing import parameterized
 from jax import export
 
 import jaxconv
-import lowering
+from jaxconv import lowering
 from tests.helpers import assert_close, run_op, run_reference
 
 

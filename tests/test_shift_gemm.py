@@ -10,8 +10,8 @@ import pytest
 from jax import export
 
 import jaxconv
-from lowering import cpu, geometry
-from lowering.cpu import shift_gemm
+from jaxconv.lowering import cpu, geometry
+from jaxconv.lowering.cpu import shift_gemm
 from tests import configs
 from tests.helpers import assert_filter_gradient_matches
 
@@ -152,7 +152,7 @@ def test_cpu_rule_for_strided_layers(kernel, strides, dilations, dtype, want,
   """Strided one-group filter gradients: this form where taps overlap,
   one dot per tap where they do not (or in half precision), XLA's own
   convolution for 2-D kernels over 4 (None: neither form)."""
-  from lowering.cpu import tap_dots
+  from jaxconv.lowering.cpu import tap_dots
   calls = []
   for module in (shift_gemm, tap_dots):
     monkeypatch.setattr(module, "backprop_filter", lambda *a, m=module,

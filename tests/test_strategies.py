@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from jax import export
 
-import lowering
-from lowering import cpu, geometry, partners
-from lowering.cpu import grouped, subpixel_fused
+from jaxconv import lowering
+from jaxconv.lowering import cpu, geometry, partners
+from jaxconv.lowering.cpu import grouped, subpixel_fused
 from tests import configs
 from tests.helpers import (assert_close, reference_for_spec, run_op,
                            run_reference, spatial)

@@ -11,7 +11,7 @@ import pytest
 from absl.testing import parameterized
 
 import jaxconv
-import lowering
+from jaxconv import lowering
 
 GOOD = dict(input_sizes=[2, 8, 8, 3], filter=np.ones((3, 3, 3, 4), np.float32),
             out_backprop=np.ones((2, 4, 4, 4), np.float32), strides=[1, 2, 2, 1],

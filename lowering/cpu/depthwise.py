@@ -16,10 +16,10 @@ from __future__ import annotations
 import itertools
 
 import jax.numpy as jnp
-from jax import lax
 
-from lowering import phases
-from lowering.geometry import ConvSpec
+from .. import phases
+from ..geometry import ConvSpec
+from ..index import pad_zeros, window
 
 
 def applies(spec: ConvSpec, filter_shape) -> bool:
@@ -37,7 +37,6 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
   kernel, out_spatial = filt.shape[:n], dy.shape[1:n + 1]
   w = filt.astype(acc_dtype).reshape(*kernel, -1)  # [*K, C * M]
   plans = phases.plans_for(spec, kernel)
-  zero = jnp.zeros((), acc_dtype)
   per_phase = []
   for _, taps in phases.taps_by_phase(plans, kernel, spec.strides):
     total = jnp.zeros((dy.shape[0], *[p.blocks for p in plans], spec.groups),
@@ -45,8 +44,8 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
     for tap in taps:
       w_tap = w[tap]
       part = sum(dy[..., m::mult] * w_tap[m::mult] for m in range(mult))
-      config = [(0, 0, 0)] + phases.block_pads(plans, tap, out_spatial)
-      total = total + lax.pad(part, zero, config + [(0, 0, 0)])
+      total = total + pad_zeros(part, dict(enumerate(
+          phases.block_pads(plans, tap, out_spatial), 1)))
     per_phase.append(total)
   out = phases.interleave(per_phase, plans, spec.strides, spec.input_spatial)
   out = out.astype(out_dtype)
@@ -55,14 +54,11 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
 
 def _windows(x, spec: ConvSpec, kernel, out_spatial):
   """(tap, x at o*s - pb + t*d for every output position o), x channels-last."""
-  x = lax.pad(x, jnp.zeros((), x.dtype),
-              [(0, 0, 0), *[(lo, hi, 0) for lo, hi in spec.padding], (0, 0, 0)])
+  x = pad_zeros(x, dict(enumerate(spec.padding, 1)))
   for tap in itertools.product(*(range(k) for k in kernel)):
-    first = [t * d for t, d in zip(tap, spec.dilations)]
-    last = [f + (o - 1) * s + 1 for f, o, s in zip(first, out_spatial,
-                                                   spec.strides)]
-    yield tap, lax.slice(x, [0, *first, 0], [x.shape[0], *last, x.shape[-1]],
-                         [1, *spec.strides, 1])
+    yield tap, window(x, {axis: (t * d, o, s) for axis, t, d, o, s in zip(
+        range(1, x.ndim - 1), tap, spec.dilations, out_spatial,
+        spec.strides)})
 
 
 def _channels_last_in(x, spec: ConvSpec, mult: int, acc):

@@ -4,24 +4,19 @@ XLA CPU (jax 0.10) hands a 2-D float32 convolution with more than 16
 channels to YNNPACK unless, along some spatial dim, its output is larger
 than its input (or its kernel, which sends it to a slow loop instead);
 those, and 1-D convolutions, it runs on Eigen's multi-threaded
-convolution.  On the project's 2-core machine Eigen was faster on every
-layer measured, and YNNPACK does not speed up with the second core:
-stride-1 dense 56x56 64: 11-12 ms vs 15-22; the suite's forward
-convolutions 1.2-2.8x.  So:
+convolution, which measured faster here on every layer (benchmarks/
+README.md, 'Why each CPU rule': Eigen).  So:
 - `conv`: a stride-1 convolution YNNPACK would take computes one more
   output row (one more pad at the end of its first spatial dim) and drops
   it: 1/H more work, at most a quarter.  Strided ones have no cheap way
-  out and stay with YNNPACK, as do dilated ones: for those Eigen measured
-  a wash (atrous d2 64x64 128: 0.89-1.12x over seven runs) at twice the
-  memory.
+  out and stay with YNNPACK, as do dilated ones (a wash on Eigen, at twice
+  the memory).
 - `backprop_filter`: a 2-D filter gradient (its output is the filter, so
   no extra row helps) as one 1-D convolution, the rows of dy folded into
   the contracted batch.
-- 3-D convolutions: XLA CPU's 3-D convolution is slow (dense s1 24^3 32:
-  13.6 ms); `conv` sums one 2-D convolution per depth tap over depth slices
-  folded into the batch (3.6 ms; 32^3 32->64: 17.4 vs 37.0; 16^3 64 N2:
-  8.5 vs 18.4); at depth stride 1 over the input's own slices, not over a
-  padded copy (dense s1 24^3 32 as the op: 2.39-2.47 ms vs 2.50-2.58).
+- 3-D convolutions: XLA CPU's 3-D convolution is slow; `conv` sums one
+  2-D convolution per depth tap over depth slices folded into the batch,
+  at depth stride 1 over the input's own slices (no padded copy).
 tests/test_eigen_conv.py pins the premise and the results.
 """
 from __future__ import annotations
@@ -30,7 +25,8 @@ import numpy as np
 import jax.numpy as jnp
 from jax import lax
 
-from lowering.geometry import ConvSpec, forward_output_size
+from ..geometry import ConvSpec, forward_output_size
+from ..index import pad_zeros, window
 
 _YNN_MAX_CHANNELS = 16  # YNNPACK leaves convolutions this narrow to Eigen
 _MAX_EXTRA_WORK = 0.25  # beyond this, leave the convolution to YNNPACK
@@ -118,17 +114,20 @@ def _depth_taps(lhs, rhs, window_strides, padding, rhs_dilation,
       else:
         y = conv2d(x[:, first:last], t)
       before = first - (t * d - lo)
-      total = total + lax.pad(y, np.zeros((), y.dtype), [
-          (0, 0, 0), (before, depth - before - (last - first), 0),
-          *[(0, 0, 0)] * 3])
+      total = total + pad_zeros(
+          y, {1: (before, depth - before - (last - first))})
   else:
-    x = lax.pad(x, np.zeros((), x.dtype), [(0, 0, 0), (lo, hi, 0),
-                                           *[(0, 0, 0)] * 3])
-    total = sum(conv2d(lax.slice_in_dim(
-        x, t * d, t * d + (depth - 1) * s + 1, stride=s, axis=1), t)
+    x = pad_zeros(x, {1: (lo, hi)})
+    total = sum(conv2d(window(x, {1: (t * d, depth, s)}), t)
                 for t in range(w.shape[0]))
   canonical = (out_spec[0], *out_spec[2:], out_spec[1])  # axis of each dim
   return jnp.transpose(total, np.argsort(canonical))
+
+
+def rows_apply(spec: ConvSpec, filter_shape) -> bool:
+  """Where `backprop_filter` applies: 2-D, one feature group."""
+  del filter_shape
+  return spec.ndim == 2 and spec.groups == 1
 
 
 def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
@@ -143,11 +142,9 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   batch = dy.shape[0] * dy.shape[1]  # images x dy's rows
   rows_out, width_out, co = dy.shape[1:]
   # Pad (or crop: negative) the height; crop the width's negative pad.
-  x = lax.pad(x, np.zeros((), x.dtype),
-              [(0, 0, 0), (pb_h, pa_h, 0), (0, min(pa_w, 0), 0), (0, 0, 0)])
-  rows = jnp.concatenate([
-      lax.slice_in_dim(x, kh * d_h, kh * d_h + (rows_out - 1) * s_h + 1,
-                       stride=s_h, axis=1) for kh in range(kernel[0])], -1)
+  x = pad_zeros(x, {1: (pb_h, pa_h), 2: (0, min(pa_w, 0))})
+  rows = jnp.concatenate([window(x, {1: (kh * d_h, rows_out, s_h)})
+                          for kh in range(kernel[0])], -1)
   y = lax.conv_general_dilated(
       rows.reshape(batch, *rows.shape[2:]), dy.reshape(batch, width_out, co),
       (d_w,), [(pb_w, max(pa_w, 0))], rhs_dilation=(s_w,),

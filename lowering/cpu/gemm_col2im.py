@@ -8,23 +8,20 @@ each tap's slice of P is edge-padded (negative edges crop) to its block
 offset and summed with the other taps of its phase (XLA fuses the sum into
 one loop), then one depth-to-space interleaves the phases; where each phase
 is one tap at its own blocks (kernel == stride), that depth-to-space is the
-whole col2im.  (A full-resolution col2im, interior-padding every tap, was
-measured 1.1-2.3x slower on the suite's stride-2 classes.)  Channels-first
-operands keep the spatial dims minor throughout (P is [g, t, c, n, o]): no
-layout transposes (unet-up NCHW: 8.7 ms vs 17.2 ms transposing to
-channels-last and back).  No convolution, so none of XLA CPU's slow or
-fragile convolution paths: the FLOPs go to a dot, accumulated in
-`acc_dtype` and rounded once.
+whole col2im.  (A full-resolution col2im, interior-padding every tap, is
+slower: benchmarks/README.md.)  Channels-first operands keep the spatial
+dims minor throughout (P is [g, t, c, n, o]): no layout transposes.  No
+convolution, so none of XLA CPU's slow or fragile convolution paths: the
+FLOPs go to a dot, accumulated in `acc_dtype` and rounded once.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import lax
 
-from lowering import phases
-from lowering.geometry import ConvSpec
-
-_KEEP = (0, 0, 0)  # lax.pad config entry of a dim left as it is
+from .. import phases
+from ..geometry import ConvSpec
+from ..index import pad_zeros
 
 
 def columns(filt, dy, spec: ConvSpec, acc_dtype):
@@ -53,7 +50,6 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
   if all(taps == [phase] and phases.block_pads(plans, phase, out_spatial)
          == [(0, 0, 0)] * n for phase, taps in by_phase):
     return _phases_are_taps(cols, plans, spec).astype(dy.dtype)
-  zero = jnp.zeros((), cols.dtype)
   blocks = [p.blocks for p in plans]
   groups, batch, ci = cols.shape[0], dy.shape[0], filt.shape[n]
   per_phase = []
@@ -64,12 +60,10 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
     for tap in taps:
       pads = phases.block_pads(plans, tap, out_spatial)
       if last:
-        part = cols[(slice(None),) * (n + 2) + tap]
-        config = [_KEEP] * 2 + pads + [_KEEP]
+        part, first = cols[(slice(None),) * (n + 2) + tap], 2
       else:
-        part = cols[(slice(None),) + tap]
-        config = [_KEEP] * 3 + pads
-      total = total + lax.pad(part, zero, config)
+        part, first = cols[(slice(None),) + tap], 3
+      total = total + pad_zeros(part, dict(enumerate(pads, first)))
     if last:
       total = jnp.moveaxis(total, 0, -2)  # [N, *B, G, Ci]
       per_phase.append(total.reshape(*total.shape[:-2], -1))
@@ -82,9 +76,7 @@ def backprop_input(filt, dy, *, spec: ConvSpec, acc_dtype=None):
 
 def _phases_are_taps(cols, plans, spec: ConvSpec):
   """The col2im when tap t alone makes phase t at its own blocks (kernel ==
-  stride, the U-Net up-convolution): a depth-to-space of P, no sums
-  (64<-128 64x64 k2 s2: 3.1-3.3 ms vs 3.4-3.6, compiling in half the
-  time)."""
+  stride, the U-Net up-convolution): a depth-to-space of P, no sums."""
   n = spec.ndim
   if spec.channels_last:  # [G, N, *O, *K, Ci] -> [*K, N, *O, G*Ci]
     y = jnp.moveaxis(cols, tuple(range(n + 2, 2 * n + 2)), tuple(range(n)))

@@ -16,9 +16,9 @@ import dataclasses
 import jax.numpy as jnp
 from jax import lax
 
-from lowering import partners
-from lowering.cpu import subpixel
-from lowering.geometry import ConvSpec
+from .. import partners
+from . import subpixel
+from ..geometry import ConvSpec
 
 TARGET_CHANNELS = 16
 

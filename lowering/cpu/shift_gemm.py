@@ -7,23 +7,16 @@ dims' taps from shifted copies of dy: one [KW*C, positions] x
 [positions, C_out] product per leading tap (KH of them in 2-D) holds the
 gradient of its KW taps; x's copies are shared by the leading taps of one
 stride phase (all of them at stride 1).  The copies are KW-fold (x, made
-channel-major inside the loop) and taps-fold (dy: slices of one padded
-copy) per image, small enough to stay in cache, so a scan runs image
-chunks through them: no im2col of the whole batch (9x the input: 58 MB
-for dense s1 56x56 64 N8 on a machine that copies ~7.5 GB/s) and a
-standard row-major GEMM, where a K-major one ran at half speed.  Dense s1
-56x56 64 N8 on the project's 2-core machine, ms: 6.2 (XLA's form 13-14,
-Eigen's 17.7-18.4); 6.9 in one row band per image (_bands), 7.4 padded
-before the loop, 8.4-8.5 with x transposed before the loop, dy's shifted
-copies concatenated for one product and the images scanned with a unit
-chunk dim (XLA copied x and dy whole for that dim's layout).  NCHW x is
-channel-major already and stays so (only dy is transposed, once): dense
-8.3-8.7 ms, 10.8-11.3 with both moved to channels-last first; U-Net up s2
-4.9-5.1 vs 6.8-8.4.  Where the CPU rule uses it: lowering/cpu/
-__init__.py.  One feature group.
+channel-major inside the loop; NCHW x already is) and taps-fold (dy:
+slices of one padded copy) per image, small enough to stay in cache, so a
+scan runs image chunks through them: no im2col of the whole batch, and a
+standard row-major GEMM.  One feature group; where the CPU rule uses it,
+and the forms tried before this one: benchmarks/README.md, 'Why each CPU
+rule'.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -31,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lowering.geometry import ConvSpec
+from ..geometry import ConvSpec
+from ..index import is_static, pad_zeros, window
 
 _CHUNK_BYTES = 4 << 20  # x's shifted copies per scan step: about L3 / 8
 _BANDS = 2  # products per leading tap and image chunk (_bands)
@@ -55,96 +49,126 @@ def taps_overlap(spec: ConvSpec, kernel) -> bool:
              for taps in _phases(k, s, d).values())
 
 
+def applies(spec: ConvSpec, filter_shape) -> bool:
+  del filter_shape
+  return spec.groups == 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """What every image chunk shares: pads, the leading dims' stride phases
+  (`combos`: one (phase, [(tap, offset)]) per leading dim) and the leading
+  taps (`leads`, in the order of the products)."""
+  spec: ConvSpec
+  kernel: tuple[int, ...]
+  x_pads: dict
+  dy_pads: dict
+  positions: tuple[int, ...]  # dy's spatial sizes
+  spreads: tuple[int, ...]  # dy's pad per leading dim: the widest offsets
+  combos: tuple
+  leads: tuple
+
+
+def _plan(spec: ConvSpec, kernel, dy_positions) -> _Plan:
+  first = 1 if spec.channels_last else 2
+  phases = [sorted(_phases(k, s, d).items()) for k, s, d in
+            zip(kernel[:-1], spec.strides[:-1], spec.dilations[:-1])]
+  spreads = tuple(max(_offsets(t)[1] - _offsets(t)[0] for _, t in p)
+                  for p in phases)
+  combos = tuple(itertools.product(*phases))
+  leads = tuple(tuple(tap for tap, _ in picks) for combo in combos
+                for picks in itertools.product(*[t for _, t in combo]))
+  return _Plan(spec, tuple(kernel),
+               dict(enumerate(spec.filter_grad_padding(kernel), first)),
+               {1 + j: (m, m) for j, m in enumerate(spreads)},
+               tuple(dy_positions), spreads, combos, leads)
+
+
+def _offsets(taps) -> tuple[int, int]:
+  return min(o for _, o in taps), max(o for _, o in taps)
+
+
+def _columns(plan: _Plan, xb, combo, band):
+  """x's KW shifted copies for one stride phase and band of rows, as
+  [KW * C, n * rows * W] (xb channel-major: [n, C, *spatial])."""
+  lead = {}
+  for axis, ((phase, taps), (r0, r1), s) in enumerate(
+      zip(combo, band, plan.spec.strides), 2):
+    lo = _offsets(taps)[0]
+    lead[axis] = (phase + s * (lo + r0), r1 - r0, s)
+  s_w, d_w = plan.spec.strides[-1], plan.spec.dilations[-1]
+  cols = jnp.stack([window(xb, {**lead, xb.ndim - 1: (
+      kw * d_w, plan.positions[-1], s_w)}) for kw in range(plan.kernel[-1])])
+  # [KW, n, C, rows..., W] -> [KW * C, n * rows * W]
+  return jnp.swapaxes(cols, 1, 2).reshape(plan.kernel[-1] * xb.shape[1], -1)
+
+
+def _shifted(plan: _Plan, dyb, combo, pick, band):
+  """dy's rows for one leading tap `pick` and band: a slice of the padded
+  dy, [n * rows * W, C_out]."""
+  rows = {}
+  for axis, (m, (_, o), (_, taps), (r0, r1)) in enumerate(
+      zip(plan.spreads, pick, combo, band), 1):
+    rows[axis] = (m - (o - _offsets(taps)[0]) + r0, r1 - r0, 1)
+  return window(dyb, rows).reshape(-1, dyb.shape[-1])
+
+
+def _products(plan: _Plan, acc, xb, dyb):
+  """acc plus one [KW * C, C_out] product per leading tap for a chunk of
+  images (padded here, in cache), added band by band."""
+  xb, dyb = pad_zeros(xb, plan.x_pads), pad_zeros(dyb, plan.dy_pads)
+  if plan.spec.channels_last:
+    xb = jnp.moveaxis(xb, -1, 1)  # channel-major: [n, C, *spatial]
+  acc, base = list(acc), 0  # acc[base + k]: pick k of the combo
+  for combo in plan.combos:
+    rows = [p + _offsets(t)[1] - _offsets(t)[0]
+            for (_, t), p in zip(combo, plan.positions)]
+    picks = list(itertools.product(*[t for _, t in combo]))
+    for first_rows in _bands(rows[:1]):
+      band = [*first_rows, *[(0, r) for r in rows[1:]]]
+      cols = _columns(plan, xb, combo, band)
+      for k, pick in enumerate(picks):
+        acc[base + k] = acc[base + k] + cols @ _shifted(plan, dyb, combo,
+                                                        pick, band)
+    base += len(picks)
+  return acc
+
+
+def _over_images(plan: _Plan, x, dy, zeros):
+  """The products summed over the batch: in chunks of images whose copies
+  fit the cache budget, scanned."""
+  batch = x.shape[0]
+  padded = [size + lo + hi for size, (lo, hi) in
+            zip(plan.spec.input_spatial, plan.x_pads.values())]
+  image = x.shape[plan.spec.feature_axis] * math.prod(padded)
+  chunk = _chunk(batch, image * plan.kernel[-1] * x.dtype.itemsize)
+  if chunk == batch:
+    return _products(plan, zeros, x, dy)
+  if chunk == 1:  # scanned as they are: a unit dim made XLA copy both
+    xs, dys, add_dim = x, dy, lambda a: a[None]
+  else:
+    xs, dys = (a.reshape(batch // chunk, chunk, *a.shape[1:])
+               for a in (x, dy))
+    add_dim = lambda a: a
+
+  def step(acc, xdy):
+    return _products(plan, acc, *map(add_dim, xdy)), None
+  return lax.scan(step, zeros, (xs, dys))[0]
+
+
 def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
   """Filter-shaped `[*kernel, C, C_out]`, any rank."""
-  # x is made channel-major per image chunk inside the loop (NCHW already
-  # is), dy channels-last.
-  last = spec.channels_last
-  if not last:
+  if not spec.channels_last:  # x stays channel-major; dy channels-last
     dy = jnp.moveaxis(dy, 1, -1)
-  sizes = [(lo, hi, 0) for lo, hi in spec.filter_grad_padding(kernel)]
-  x_pads = [(0, 0, 0), *sizes, (0, 0, 0)] if last else [(0, 0, 0)] * 2 + sizes
-  batch, c, co = x.shape[0], x.shape[spec.feature_axis], dy.shape[-1]
-  positions = dy.shape[1:-1]
-  *lead_s, s_w = spec.strides
-  *lead_d, d_w = spec.dilations
-  phases = [sorted(_phases(k, s, d).items()) for k, s, d in
-            zip(kernel[:-1], lead_s, lead_d)]
-  # dy is padded by the widest spread of offsets along each leading dim;
-  # each leading tap's shifted copy is then a slice of it.
-  spreads = [max(max(o for _, o in t) - min(o for _, o in t) for _, t in p)
-             for p in phases]
-  dy_pads = [(0, 0, 0), *[(m, m, 0) for m in spreads], (0, 0, 0), (0, 0, 0)]
-  combos = list(itertools.product(*phases))
-  leads = [tuple(tap for tap, _ in picks) for combo in combos
-           for picks in itertools.product(*[t for _, t in combo])]
-
-  def products(acc, xb, dyb):
-    """acc plus one [KW * C, C_out] product per leading tap for a chunk of
-    images (padded here, in cache), added band by band."""
-    xb = lax.pad(xb, np.zeros((), xb.dtype), x_pads)
-    dyb = lax.pad(dyb, np.zeros((), dyb.dtype), dy_pads)
-    if last:
-      xb = jnp.moveaxis(xb, -1, 1)  # channel-major: [n, C, *spatial]
-    n, acc, base = xb.shape[0], list(acc), 0  # acc[base + k]: pick k
-    for combo in combos:
-      # x: the rows of this phase, then KW shifted copies of the last dim.
-      start, step, rows = [], [], []
-      for (phase, t), p, s in zip(combo, positions, lead_s):
-        lo = min(o for _, o in t)
-        rows.append(p + max(o for _, o in t) - lo)
-        start.append(phase + s * lo)
-        step.append(s)
-      picks = list(itertools.product(*[t for _, t in combo]))
-      for first_rows in _bands(rows[:1]):
-        # this band of the first leading dim's rows, all of the others
-        band = [*first_rows, *[(0, r) for r in rows[1:]]]
-        cols = jnp.stack([lax.slice(
-            xb, [0, 0, *[b + s * r0 for b, s, (r0, _) in
-                         zip(start, step, band)], kw * d_w],
-            [n, c, *[b + s * (r1 - 1) + 1 for b, s, (_, r1) in
-                     zip(start, step, band)],
-             kw * d_w + (positions[-1] - 1) * s_w + 1],
-            [1, 1, *step, s_w]) for kw in range(kernel[-1])])
-        # cols [KW, n, C, rows..., W] -> [KW * C, n * rows * W]
-        cols = jnp.swapaxes(cols, 1, 2).reshape(kernel[-1] * c, -1)
-        # dy, shifted by each leading tap's offset: a slice, one product
-        # each.
-        for k, pick in enumerate(picks):
-          first = [m - (o - min(q for _, q in t)) for m, (_, o), (_, t) in
-                   zip(spreads, pick, combo)]
-          shifted = lax.slice(
-              dyb, [0, *[f + r0 for f, (r0, _) in zip(first, band)], 0, 0],
-              [n, *[f + r1 for f, (_, r1) in zip(first, band)],
-               *dyb.shape[-2:]])
-          acc[base + k] = acc[base + k] + cols @ shifted.reshape(-1, co)
-      base += len(picks)
-    return acc
-
-  image = c * math.prod(size + lo + hi for size, (lo, hi, _) in
-                       zip(x.shape[1:-1] if last else x.shape[2:], sizes))
-  chunk = _chunk(batch, image * kernel[-1] * x.dtype.itemsize)
-  zeros = [jnp.zeros((kernel[-1] * c, co), x.dtype)] * len(leads)
-  if chunk == batch:
-    sums = products(zeros, x, dy)
-  else:
-    if chunk == 1:  # scanned as they are: a unit dim made XLA copy both
-      xs, dys, add_dim = x, dy, lambda a: a[None]
-    else:
-      xs, dys = (a.reshape(batch // chunk, chunk, *a.shape[1:])
-                 for a in (x, dy))
-      add_dim = lambda a: a
-
-    def step(acc, xdy):
-      return products(acc, *map(add_dim, xdy)), None
-    sums, _ = lax.scan(step, zeros, (xs, dys))
+  plan = _plan(spec, kernel, dy.shape[1:-1])
+  c, co = x.shape[spec.feature_axis], dy.shape[-1]
+  zeros = [jnp.zeros((kernel[-1] * c, co), x.dtype)] * len(plan.leads)
+  sums = _over_images(plan, x, dy, zeros)
   # Each product holds the KW taps of its leading tap.
-  grads = {}
-  for lead, r in zip(leads, sums):
-    for kw, g in enumerate(r.reshape(kernel[-1], c, co)):
-      grads[(*lead, kw)] = g
-  out = jnp.stack([grads[tap] for tap in np.ndindex(*kernel)])
-  return out.reshape(*kernel, c, co)
+  grads = {(*lead, kw): g for lead, r in zip(plan.leads, sums)
+           for kw, g in enumerate(r.reshape(kernel[-1], c, co))}
+  return jnp.stack([grads[tap] for tap in np.ndindex(*kernel)]).reshape(
+      *kernel, c, co)
 
 
 def _bands(rows):
@@ -160,7 +184,7 @@ def _bands(rows):
 def _chunk(batch, bytes_per_image: int):
   """The most images (a divisor of the batch) whose copies fit the cache
   budget, at least one; a symbolic batch in one piece."""
-  if not isinstance(batch, (int, np.integer)):
+  if not is_static(batch):
     return batch
   return max(k for k in range(1, batch + 1) if batch % k == 0 and (
       k == 1 or k * bytes_per_image <= _CHUNK_BYTES))

@@ -14,9 +14,9 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from lowering import phases
-from lowering.cpu import eigen_conv
-from lowering.geometry import ConvSpec
+from .. import phases
+from . import eigen_conv
+from ..geometry import ConvSpec
 
 
 def applies(spec: ConvSpec, filter_shape) -> bool:

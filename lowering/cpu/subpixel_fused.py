@@ -12,9 +12,9 @@ import numpy as np
 import jax.numpy as jnp
 from jax import lax
 
-from lowering import phases
-from lowering.cpu import eigen_conv
-from lowering.geometry import ConvSpec
+from .. import phases
+from . import eigen_conv
+from ..geometry import ConvSpec
 
 
 def applies(spec: ConvSpec, filter_shape) -> bool:

@@ -1,0 +1,51 @@
+"""Index arithmetic the lowerings share: one place each.
+
+    window(x, {axis: (start, count, stride)})  the positions a tap sees
+    pad_zeros(x, {axis: (lo, hi[, interior])})  zero padding (negative: crop)
+    is_static(d), images(batch), any_empty(*shapes)
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+from jax import lax
+
+
+def is_static(d) -> bool:
+  """Whether a dimension is a known integer (not a symbolic one)."""
+  return isinstance(d, (int, np.integer))
+
+
+def images(batch) -> int:
+  """Images per call for the CPU rules: a symbolic batch counts as one."""
+  return int(batch) if is_static(batch) else 1
+
+
+def any_empty(*shapes) -> bool:
+  """Whether some shape has a (static) zero-size dimension."""
+  return any(is_static(d) and d == 0 for shape in shapes for d in shape)
+
+
+def _per_axis(x, entries, fill):
+  if isinstance(entries, Mapping):
+    return [entries.get(a, fill) for a in range(x.ndim)]
+  return list(entries)
+
+
+def window(x, taps: Mapping[int, tuple[int, int, int]]):
+  """x at positions start, start + stride, ... (`count` of them) along each
+  given axis: what one filter tap sees of a padded input."""
+  start, limit, step = [0] * x.ndim, list(x.shape), [1] * x.ndim
+  for axis, (first, count, stride) in taps.items():
+    start[axis], step[axis] = first, stride
+    limit[axis] = first + (count - 1) * stride + 1 if count > 0 else first
+  return lax.slice(x, start, limit, step)
+
+
+def pad_zeros(x, pads: Mapping[int, tuple] | Sequence[tuple]):
+  """x zero-padded by (lo, hi) or (lo, hi, interior) per axis, given as a
+  mapping of the padded axes or one entry per axis; negative edges crop."""
+  config = [tuple(p) + (0,) * (3 - len(p))
+            for p in _per_axis(x, pads, (0, 0, 0))]
+  return lax.pad(x, np.zeros((), x.dtype), config)
