@@ -11,19 +11,22 @@
     jaxconv.flax.nnx.ConvTranspose(...)         # Flax layers (also linen),
                                                 #   from_keras / from_torch
 
-A call flows: signature layer (raw_ops / nn / compat.v1.nn) -> core.py ->
-attrs.py (validation, one ConvSpec) -> the primitive (primitive.py, its
-partners in partners.py, transforms in rules.py) -> lowering/.
+A call flows: signature layer (raw_ops / nn / compat.v1.nn, each op's row
+of the op table in ops.py) -> core.py -> attrs.py (validation, one
+ConvSpec) -> the primitive (primitives/: one module per primitive with
+its rules) -> jaxconv.lowering (the back end, folder lowering/).
 `jaxconv.tf2jax` and `jaxconv.flax` need their extras and are imported on
 demand.
 """
-from jaxconv import compat, nn, raw_ops, rules  # noqa: F401  (rules registers transforms)
+from jaxconv import compat, nn, raw_ops
 from jaxconv.compat.v1.nn import conv2d_backprop_input
-from jaxconv.partners import conv_backprop_filter_p
-from jaxconv.primitive import conv_backprop_input_p
+from jaxconv.lowering import force_strategy, portable
+from jaxconv.primitives import (conv_backprop_filter_p, conv_backprop_input_p,
+                                conv_forward_p)
 
 conv2d_backprop_input_p = conv_backprop_input_p
 
 __all__ = ["compat", "conv2d_backprop_input", "conv2d_backprop_input_p",
-           "conv_backprop_filter_p", "nn", "raw_ops"]
+           "conv_backprop_filter_p", "conv_forward_p", "force_strategy", "nn",
+           "portable", "raw_ops"]
 __version__ = "0.1.0"

@@ -14,15 +14,26 @@ import jax
 import jax.export
 import numpy as np
 
-from jaxconv.primitive import SUPPORTED_DTYPES
 from jaxconv.lowering.geometry import ConvSpec, forward_padding
+from jaxconv.ops import DATA_FORMATS, WITH_INT32, Op
 
 INT32_MAX = 2**31 - 1
-DATA_FORMATS = {1: ("NWC", "NCW"), 2: ("NHWC", "NCHW"), 3: ("NDHWC", "NCDHW")}
-PADDINGS = ("SAME", "VALID", "EXPLICIT")
 
 
-def as_operand(x, name: str, dtypes=SUPPORTED_DTYPES):
+def as_string(value, name: str):
+  """A string attribute; bytes (as TF's gradient functions and tf.raw_ops
+  pass them) are decoded.  Other values are returned for the caller's
+  check to name."""
+  if isinstance(value, bytes):
+    try:
+      return value.decode("ascii")
+    except UnicodeDecodeError:
+      raise ValueError(f"{name} must be an ASCII string, got {value!r}"
+                       ) from None
+  return value
+
+
+def as_operand(x, name: str, dtypes=WITH_INT32):
   """An array operand (NumPy, JAX, nested list or tracer) with a dtype in
   `dtypes` (TF's list for the op: only Conv2DBackpropInput takes int32)."""
   if not hasattr(x, "dtype") or not hasattr(x, "shape"):
@@ -68,6 +79,7 @@ def int_list(value, name: str, length: int | None = None) -> list[int]:
 def parse_data_format(data_format, ndim: int) -> bool:
   """True for channels-last ('NHWC'), False for channels-first ('NCHW')."""
   formats = DATA_FORMATS[ndim]
+  data_format = as_string(data_format, "data_format")
   if data_format not in formats:
     raise ValueError(f"data_format must be one of {formats}, got "
                      f"{data_format!r}")
@@ -90,8 +102,9 @@ def parse_sizes(values, name: str, ndim: int, spatial_only: bool = False
     entries = list(values)
   else:
     arr = np.asarray(values)
-    if arr.ndim != 1:
-      raise ValueError(f"{name} must be 1-dimensional, got shape {arr.shape}")
+    if arr.ndim != 1:  # TF's wording
+      raise ValueError(f"{name} shape must be rank 1 but is rank {arr.ndim} "
+                       f"(shape {arr.shape})")
     entries = arr.tolist()
   lengths = (ndim + 2, ndim) if spatial_only else (ndim + 2,)
   if len(entries) not in lengths:
@@ -161,22 +174,23 @@ def check_operands(ndim: int, a, b, names=("filter", "out_backprop")) -> None:
                     f"{a.dtype} and {b.dtype}")
 
 
-def make_spec(ndim: int, input_sizes, filter_shape, batch, strides, padding,
+def make_spec(op: Op, input_sizes, filter_shape, batch, strides, padding,
               explicit_paddings, data_format, dilations, *,
-              paddings=PADDINGS, sizes_name="input_sizes",
-              spatial_sizes=False) -> ConvSpec:
-  """Validate TF's attributes against the filter shape and batch size.
+              sizes_name="input_sizes") -> ConvSpec:
+  """Validate TF's attributes of `op` (its row of the op table) against the
+  filter shape and batch size.
 
-  input_sizes: the forward conv's input shape, ndim + 2 entries (or, with
-  `spatial_sizes`, ndim spatial ones: Conv2DBackpropInput's short form);
-  `sizes_name` names it in errors.  paddings: the padding modes the op
-  takes (TF's 3-D ops have no EXPLICIT).
+  input_sizes: the forward conv's input shape, ndim + 2 entries (or, where
+  `op.spatial_sizes`, ndim spatial ones: Conv2DBackpropInput's short
+  form); `sizes_name` names it in errors.
   """
-  n = ndim
+  n = op.ndim
   channels_last = parse_data_format(data_format, n)
-  if padding not in paddings:
-    raise ValueError(f"padding must be one of {paddings}, got {padding!r}")
-  sizes = parse_sizes(input_sizes, sizes_name, n, spatial_only=spatial_sizes)
+  padding = as_string(padding, "padding")
+  if padding not in op.paddings:
+    raise ValueError(f"padding must be one of {op.paddings}, got {padding!r}")
+  sizes = parse_sizes(input_sizes, sizes_name, n,
+                      spatial_only=op.spatial_sizes)
   window_strides = parse_window(strides, "strides", channels_last, n)
   window_dilations = parse_window(dilations, "dilations", channels_last, n)
   explicit = parse_explicit_paddings(padding, explicit_paddings,
@@ -248,6 +262,7 @@ def convert_padding(padding, expected_length: int = 4):
   """TF's `convert_padding`: "SAME"/"VALID", or a list of (before, after)
   pairs, one per dimension in data_format order (meaning EXPLICIT; the
   string "EXPLICIT" itself is refused).  Returns (padding, explicit_paddings)."""
+  padding = as_string(padding, "padding")
   if isinstance(padding, str) and padding == "EXPLICIT":
     raise ValueError("'EXPLICIT' is not a valid value for `padding`. To use "
                      "explicit padding, `padding` must be a list.")

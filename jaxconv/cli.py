@@ -15,8 +15,13 @@ import time
 
 import numpy as np
 
-from jaxconv.export import OPS
+from jaxconv.ops import OPS
 from jaxconv.lowering.cpu import STRATEGIES
+
+# Every CPU strategy name, of the op (input gradients) and of the filter
+# gradient (the filter-gradient ops): --cpu-strategy checks it per op.
+_CPU_NAMES = tuple(dict.fromkeys(
+    (*STRATEGIES["backprop_input"], *STRATEGIES["backprop_filter"])))
 
 EXAMPLES = """examples:
   jaxconv export
@@ -35,7 +40,10 @@ EXAMPLES = """examples:
       a symbolic batch, four platforms, the op with its VJP, as a
       serialized artifact (load it with jax.export.deserialize)
 
-ops: """ + ", ".join(OPS) + "\n"
+ops: """ + ", ".join(OPS) + """
+cpu strategies (--cpu-strategy): input gradients """ + ", ".join(
+    STRATEGIES["backprop_input"]) + "; filter gradients " + ", ".join(
+        STRATEGIES["backprop_filter"]) + "\n"
 
 # Default layers per kind of op: the U-Net up layer (2-D), its 3-D
 # version, a MobileNet depthwise layer.
@@ -102,18 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
   ex.add_argument("--dilations", type=_ints,
                   help="dilations, data_format order (default: all 1)")
   ex.add_argument("--dtype", default="float32", help="float16, bfloat16, "
-                  "float32, float64, or int32 for Conv2DBackpropInput "
-                  "(default: float32)")
+                  "float32, float64, or int32 for the ops that take it "
+                  "(Conv2DBackpropInput, Conv2DBackpropInputV2; default: "
+                  "float32)")
   ex.add_argument("--batch", metavar="NAME", help="make the batch dimension "
                   "symbolic with this name (e.g. N)")
   ex.add_argument("--platforms", default=None, metavar="P,...",
                   help="comma-separated subset of cpu,cuda,rocm,tpu "
                   "(default: this machine's platform)")
-  ex.add_argument("--cpu-strategy", choices=("auto", *STRATEGIES),
+  ex.add_argument("--cpu-strategy", choices=("auto", *_CPU_NAMES),
                   metavar="NAME", help="bake a CPU strategy into the cpu "
-                  "module: 'auto' (the one jax.jit picks) or one of "
-                  f"{', '.join(STRATEGIES)} (default: the portable form on "
-                  "every platform)")
+                  "module: 'auto' (the ones jax.jit picks) or one of the "
+                  "op's primitive, forced where it applies (see 'cpu "
+                  "strategies' below; default: the portable form on every "
+                  "platform)")
   ex.add_argument("--grad", action="store_true", help="export f(*operands, "
                   "ct) -> (result, *d_operands): the op and its VJP")
   ex.add_argument("--format", choices=("text", "serialized"), default="text",
@@ -130,14 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args):
   """The LayerConfig the flags describe (op-dependent defaults)."""
   from jaxconv.export import LayerConfig
-  kind = "depthwise" if args.op.startswith("Depthwise") else (
-      3 if "3D" in args.op else 2)
-  d = DEFAULTS[kind]
-  pick = lambda name: d[name] if getattr(args, name) is None else getattr(
-      args, name)
-  return LayerConfig(pick("input_sizes"), pick("filter_sizes"), pick("strides"),
-                     args.padding, args.explicit_paddings, pick("data_format"),
-                     pick("dilations"), args.dtype, args.op)
+  info = OPS[args.op]
+  defaults = DEFAULTS["depthwise" if info.depthwise else info.ndim]
+  given = {name: getattr(args, name) for name in defaults
+           if getattr(args, name) is not None}
+  values = {**defaults, **given}
+  return LayerConfig(values["input_sizes"], values["filter_sizes"],
+                     values["strides"], args.padding, args.explicit_paddings,
+                     values["data_format"], values["dilations"], args.dtype,
+                     args.op)
 
 
 def _check(config, log) -> float:
@@ -182,8 +193,6 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.command is None:
     args = parser.parse_args(["export", *(argv or sys.argv[1:])])
-  log = lambda msg: print(msg, file=sys.stderr)
-  from jaxconv.export import export_layer
   platforms = args.platforms.split(",") if args.platforms else None
   unknown = set(platforms or ()) - {"cpu", "cuda", "rocm", "tpu"}
   if unknown:
@@ -191,36 +200,11 @@ def main(argv=None) -> int:
                 f"{sorted(unknown)}; choose from cpu,cuda,rocm,tpu\n")
   if args.format == "serialized" and not args.output:
     parser.exit(2, "jaxconv: error: --format serialized needs -o/--output FILE\n")
+  from jaxconv.export import export_layer
   try:
-    config = _config(args)
-    dtypes = ("float16", "bfloat16", "float32", "float64") + (
-        ("int32",) if config.op == "Conv2DBackpropInput" else ())
-    if args.dtype not in dtypes:
-      raise TypeError(f"--dtype must be one of {', '.join(dtypes)} for "
-                      f"{config.op}; got {args.dtype!r}")
-    import jax
-    if args.dtype == "float64":
-      jax.config.update("jax_enable_x64", True)
-    if args.grad and args.dtype == "int32":
-      raise TypeError("--grad: int32 has no gradient (as in TensorFlow)")
-    if len(config.filter_sizes) != config.ndim + 2:
-      raise ValueError(f"--filter-sizes must have {config.ndim + 2} entries "
-                       f"for {config.op}, got {list(config.filter_sizes)}")
-    config.spec()  # validate before exporting
-    log(f"exporting {config} ...")
-    if args.cpu_strategy is None:
-      log("exported form: portable on every platform (stablehlo.convolution "
-          + ("taking out_backprop as its window)" if config.filter_gradient
-             else "with lhs_dilation = strides and the reversed kernel)"))
-    elif config.filter_gradient:
-      log("exported form: cpu: XLA CPU's tuned filter-gradient form "
-          "(lowering/cpu/); other platforms portable")
-    else:
-      name, reason = config.cpu_strategy(symbolic_batch=bool(args.batch))
-      if args.cpu_strategy != "auto":
-        name, reason = args.cpu_strategy, "forced (where it applies)"
-      log(f"exported form: cpu lowering strategy: {name} ({reason}); other "
-          "platforms portable")
+    config = _validated(args)
+    _log(f"exporting {config} ...")
+    _log(f"exported form: {_form(args, config)}")
     exported = export_layer(config, batch=args.batch, platforms=platforms,
                             grad=args.grad, cpu_strategy=args.cpu_strategy)
   except (ValueError, TypeError) as e:
@@ -228,6 +212,55 @@ def main(argv=None) -> int:
   except Exception as e:  # noqa: BLE001 - one line, never a traceback
     parser.exit(2, f"jaxconv: error: {type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}\n")
+  _write(args, exported)
+  if args.check:
+    _check(config, _log)
+  return 0
+
+
+def _log(message: str) -> None:
+  print(message, file=sys.stderr)
+
+
+def _validated(args):
+  """The LayerConfig of the flags, checked against the op's row of the op
+  table (ValueError/TypeError naming the flag)."""
+  config = _config(args)
+  dtypes = [str(d) for d in config.info.dtypes]
+  if args.dtype not in dtypes:
+    raise TypeError(f"--dtype must be one of {', '.join(dtypes)} for "
+                    f"{config.op}; got {args.dtype!r}")
+  import jax
+  if args.dtype == "float64":
+    jax.config.update("jax_enable_x64", True)
+  if args.grad and args.dtype == "int32":
+    raise TypeError("--grad: int32 has no gradient (as in TensorFlow)")
+  if len(config.filter_sizes) != config.ndim + 2:
+    raise ValueError(f"--filter-sizes must have {config.ndim + 2} entries "
+                     f"for {config.op}, got {list(config.filter_sizes)}")
+  names = STRATEGIES[config.primitive]
+  if args.cpu_strategy not in (None, "auto", *names):
+    raise ValueError(f"--cpu-strategy: {args.cpu_strategy!r} is not a CPU "
+                     f"strategy of {config.op} ({config.primitive}); choose "
+                     f"auto or one of {', '.join(names)}")
+  config.spec()  # validate before exporting
+  return config
+
+
+def _form(args, config) -> str:
+  """What the export holds, for stderr."""
+  if args.cpu_strategy is None:
+    return "portable on every platform (stablehlo.convolution " + (
+        "taking out_backprop as its window)" if config.filter_gradient
+        else "with lhs_dilation = strides and the reversed kernel)")
+  name, reason = config.cpu_strategy(symbolic_batch=bool(args.batch))
+  if args.cpu_strategy != "auto":
+    name, reason = args.cpu_strategy, "forced (where it applies)"
+  return (f"cpu lowering strategy ({config.primitive}): {name} ({reason}); "
+          "other platforms portable")
+
+
+def _write(args, exported) -> None:
   if args.format == "text":
     text = exported.mlir_module()
     if args.output:
@@ -239,10 +272,7 @@ def main(argv=None) -> int:
     with open(args.output, "wb") as f:
       f.write(exported.serialize(vjp_order=1 if args.grad else 0))
   if args.output:
-    log(f"wrote {args.output}")
-  if args.check:
-    _check(config, log)
-  return 0
+    _log(f"wrote {args.output}")
 
 
 def _flag_hint(message: str) -> str:

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import export as jax_export
 
-from jaxconv import lowering
-from jaxconv import attrs, raw_ops
+from jaxconv import attrs, lowering, ops, raw_ops
 from jaxconv.lowering import cpu
 
-OPS = tuple(raw_ops.__all__)
+OPS = tuple(ops.OPS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,20 +47,26 @@ class LayerConfig:
       raise ValueError(f"op must be one of {', '.join(OPS)}, got {self.op!r}")
 
   @property
+  def info(self) -> ops.Op:
+    """The op's row of the op table."""
+    return ops.OPS[self.op]
+
+  @property
   def ndim(self) -> int:
-    return 3 if "3D" in self.op else 2
+    return self.info.ndim
 
   @property
   def filter_gradient(self) -> bool:
-    return "Filter" in self.op
+    return self.info.filter_gradient
 
   @property
   def depthwise(self) -> bool:
-    return self.op.startswith("Depthwise")
+    return self.info.depthwise
 
   @property
-  def parameters(self):
-    return inspect.signature(getattr(raw_ops, self.op)).parameters
+  def primitive(self) -> str:
+    """The primitive the op binds ("backprop_input" or "backprop_filter")."""
+    return self.info.kind
 
   @property
   def batch(self) -> int:
@@ -80,13 +84,10 @@ class LayerConfig:
 
   def spec(self):
     """The validated ConvSpec (ValueError/TypeError on a bad config)."""
-    filt = list(self.hwio_filter_sizes)
     return attrs.make_spec(
-        self.ndim, list(self.input_sizes), filt, self.batch, list(self.strides),
-        self.padding, list(self.explicit_paddings), self.data_format,
-        list(self.dilations), spatial_sizes=self.op == "Conv2DBackpropInput",
-        paddings=attrs.PADDINGS if "explicit_paddings" in self.parameters
-        else ("SAME", "VALID"))
+        self.info, list(self.input_sizes), list(self.hwio_filter_sizes),
+        self.batch, list(self.strides), self.padding,
+        list(self.explicit_paddings), self.data_format, list(self.dilations))
 
   def out_backprop_shape(self):
     spec = self.spec()
@@ -97,8 +98,7 @@ class LayerConfig:
 
   def operand_names(self) -> tuple[str, ...]:
     """The op's tensor arguments, in its signature's order."""
-    return tuple(k for k in ("input", "filter", "out_backprop")
-                 if k in self.parameters)
+    return self.info.operands
 
   def operand_shapes(self, batch=None) -> dict:
     batch = self.batch if batch is None else batch
@@ -111,10 +111,12 @@ class LayerConfig:
             "out_backprop": tuple(dy)}
 
   def cpu_strategy(self, symbolic_batch: bool = False) -> tuple[str, str]:
-    """(name, measured reason) of the CPU strategy jax.jit picks for this
-    layer's backprop-input op (with a symbolic batch it counts one image)."""
+    """(name, reason) of the CPU strategy jax.jit picks for this layer's
+    primitive (`self.primitive`; with a symbolic batch it counts one
+    image)."""
     return cpu.choose(self.spec(), self.hwio_filter_sizes, self.dtype,
-                      1 if symbolic_batch else self.batch)
+                      1 if symbolic_batch else self.batch,
+                      primitive=self.primitive)
 
   def op_fn(self, batch=None):
     """f(*operands) calling the raw op, operands in `operand_names()` order;
@@ -122,19 +124,21 @@ class LayerConfig:
     sizes = list(self.input_sizes)
     if batch is not None and len(sizes) == self.ndim + 2:
       sizes[0] = batch
+    info = self.info
     kwargs = dict(strides=list(self.strides), padding=self.padding,
                   dilations=list(self.dilations))
-    if "explicit_paddings" in self.parameters:
+    if info.has_explicit_paddings:
       kwargs["explicit_paddings"] = list(self.explicit_paddings)
     elif self.explicit_paddings:
       raise ValueError(f"{self.op} has no explicit_paddings")
-    if "data_format" in self.parameters:
+    if info.has_data_format:
       kwargs["data_format"] = self.data_format
-    elif self.data_format != "NDHWC":
-      raise ValueError(f"{self.op} takes NDHWC only, got {self.data_format}")
-    if "input_sizes" in self.parameters:
+    elif self.data_format not in info.formats:
+      raise ValueError(f"{self.op} takes {info.formats[0]} only, got "
+                       f"{self.data_format}")
+    if info.sizes_argument == "input_sizes":
       kwargs["input_sizes"] = sizes
-    if "filter_sizes" in self.parameters:
+    elif info.sizes_argument == "filter_sizes":
       kwargs["filter_sizes"] = list(self.filter_sizes)
     names, fn = self.operand_names(), getattr(raw_ops, self.op)
 
@@ -154,8 +158,9 @@ def export_layer(config: LayerConfig, *, batch: str | None = None,
   grad: export f(*operands, ct) -> (result, *d_operands), the op and its
     VJP, instead of the op alone.
   cpu_strategy: None for the portable form on every platform; "auto" for
-    the CPU strategy jax.jit would pick, or a strategy's name to force it
-    (where it applies) in the `cpu` lowering.
+    the CPU strategies jax.jit would pick, or the name of one of the op's
+    primitive (`config.primitive`) to force it (where it applies) in the
+    `cpu` lowering.
   """
   dtype = jnp.dtype(config.dtype)
   b = None
@@ -170,7 +175,7 @@ def export_layer(config: LayerConfig, *, batch: str | None = None,
   elif cpu_strategy == "auto":
     form = contextlib.nullcontext()
   else:
-    form = lowering.force_strategy(cpu_strategy)
+    form = lowering.force_strategy(**{config.primitive: cpu_strategy})
   with form:
     if not grad:
       return jax_export.export(jax.jit(op), platforms=platforms)(*args)

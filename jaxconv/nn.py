@@ -9,12 +9,11 @@ ignored; `out_sharding` as in `jaxconv.raw_ops`.
 """
 from __future__ import annotations
 
-from jaxconv import attrs, core, raw_ops
+from jaxconv import attrs, core, ops, raw_ops
 
 __all__ = ["conv1d_transpose", "conv2d_transpose", "conv3d_transpose",
            "conv_transpose", "atrous_conv2d_transpose",
            "depthwise_conv2d_backprop_input", "depthwise_conv2d_backprop_filter"]
-_STRINGS = ("SAME", "VALID")
 
 
 def conv1d_transpose(input, filters, output_shape, strides, padding="SAME",  # noqa: A002
@@ -40,9 +39,8 @@ def conv1d_transpose(input, filters, output_shape, strides, padding="SAME",  # n
     del seq[unit]
     window[key] = [1, *seq]
   return core.backprop_input(
-      1, output_shape, filters, input, padding=padding,
-      data_format=data_format, dtypes=core.WITH_INT32, paddings=_STRINGS,
-      **window, out_sharding=out_sharding)
+      ops.CONV1D_TRANSPOSE, output_shape, filters, input, padding=padding,
+      data_format=data_format, **window, out_sharding=out_sharding)
 
 
 def conv2d_transpose(input, filters, output_shape, strides, padding="SAME",  # noqa: A002
@@ -111,7 +109,7 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
     raise TypeError(f"rate must be an int, got {rate!r}")
   if rate < 1:
     raise ValueError(f"`rate` cannot be less than one. Received: rate={rate}")
-  if padding not in _STRINGS:
+  if attrs.as_string(padding, "padding") not in ops.STRING_PADDINGS:
     raise ValueError("`padding` must be either 'VALID' or 'SAME'. Received: "
                      f"padding={padding}")
   if len(attrs.parse_sizes(output_shape, "output_shape", 2)) != 4:

@@ -16,6 +16,7 @@ and inputs that abort TF's process raise ValueError/TypeError.
 from __future__ import annotations
 
 from jaxconv import core
+from jaxconv.ops import OPS
 
 __all__ = [
     "Conv2DBackpropInput", "Conv2DBackpropInputV2", "Conv3DBackpropInput",
@@ -23,7 +24,6 @@ __all__ = [
     "Conv2DBackpropFilter", "Conv2DBackpropFilterV2", "Conv3DBackpropFilter",
     "Conv3DBackpropFilterV2", "DepthwiseConv2dNativeBackpropFilter",
 ]
-_3D = dict(paddings=("SAME", "VALID"))
 
 
 def _check_cudnn(use_cudnn_on_gpu):
@@ -76,10 +76,9 @@ def Conv2DBackpropInput(*, input_sizes, filter, out_backprop, strides,  # noqa: 
   del name
   _check_cudnn(use_cudnn_on_gpu)
   return core.backprop_input(
-      2, input_sizes, filter, out_backprop, strides=strides, padding=padding,
-      explicit_paddings=explicit_paddings, data_format=data_format,
-      dilations=dilations, dtypes=core.WITH_INT32, spatial_sizes=True,
-      out_sharding=out_sharding)
+      OPS["Conv2DBackpropInput"], input_sizes, filter, out_backprop,
+      strides=strides, padding=padding, explicit_paddings=explicit_paddings,
+      data_format=data_format, dilations=dilations, out_sharding=out_sharding)
 
 
 def Conv2DBackpropInputV2(*, input, filter, out_backprop, strides, padding,  # noqa: N802,A002
@@ -87,15 +86,17 @@ def Conv2DBackpropInputV2(*, input, filter, out_backprop, strides, padding,  # n
                           data_format="NHWC", dilations=(1, 1, 1, 1),
                           name=None, out_sharding=None):
   """TF's `Conv2DBackpropInputV2`: `Conv2DBackpropInput` with the shape of
-  `input` as `input_sizes` (its values are not used; float dtypes only).
-  TF has no kernel for it anywhere; this computes what its counterpart does."""
+  `input` as `input_sizes` (its values are not used; its dtypes, int32
+  included, as its op definition lists).  TF has no kernel for it
+  anywhere; this computes what its counterpart does."""
   del name
   _check_cudnn(use_cudnn_on_gpu)
   _same_dtype(input, "input", filter, "filter")
   return core.backprop_input(
-      2, _shape_of(input, "input"), filter, out_backprop, strides=strides,
-      padding=padding, explicit_paddings=explicit_paddings,
-      data_format=data_format, dilations=dilations, out_sharding=out_sharding)
+      OPS["Conv2DBackpropInputV2"], _shape_of(input, "input"), filter,
+      out_backprop, strides=strides, padding=padding,
+      explicit_paddings=explicit_paddings, data_format=data_format,
+      dilations=dilations, out_sharding=out_sharding)
 
 
 def Conv3DBackpropInputV2(*, input_sizes, filter, out_backprop, strides,  # noqa: N802
@@ -110,9 +111,9 @@ def Conv3DBackpropInputV2(*, input_sizes, filter, out_backprop, strides,  # noqa
   """
   del name
   return core.backprop_input(
-      3, input_sizes, filter, out_backprop, strides=strides, padding=padding,
-      data_format=data_format, dilations=dilations, **_3D,
-      out_sharding=out_sharding)
+      OPS["Conv3DBackpropInputV2"], input_sizes, filter, out_backprop,
+      strides=strides, padding=padding, data_format=data_format,
+      dilations=dilations, out_sharding=out_sharding)
 
 
 def Conv3DBackpropInput(*, input, filter, out_backprop, strides, padding,  # noqa: N802,A002
@@ -123,9 +124,9 @@ def Conv3DBackpropInput(*, input, filter, out_backprop, strides, padding,  # noq
   del name
   _same_dtype(input, "input", filter, "filter")
   return core.backprop_input(
-      3, _shape_of(input, "input"), filter, out_backprop, strides=strides,
-      padding=padding, data_format="NDHWC", dilations=dilations, **_3D,
-      out_sharding=out_sharding)
+      OPS["Conv3DBackpropInput"], _shape_of(input, "input"), filter,
+      out_backprop, strides=strides, padding=padding, data_format="NDHWC",
+      dilations=dilations, out_sharding=out_sharding)
 
 
 def DepthwiseConv2dNativeBackpropInput(*, input_sizes, filter, out_backprop,  # noqa: N802
@@ -140,9 +141,10 @@ def DepthwiseConv2dNativeBackpropInput(*, input_sizes, filter, out_backprop,  # 
   its CPU kernel ignores them)."""
   del name
   return core.backprop_input(
-      2, input_sizes, filter, out_backprop, strides=strides, padding=padding,
+      OPS["DepthwiseConv2dNativeBackpropInput"], input_sizes, filter,
+      out_backprop, strides=strides, padding=padding,
       explicit_paddings=explicit_paddings, data_format=data_format,
-      dilations=dilations, depthwise=True, out_sharding=out_sharding)
+      dilations=dilations, out_sharding=out_sharding)
 
 
 def Conv2DBackpropFilter(*, input, filter_sizes, out_backprop, strides,  # noqa: N802,A002
@@ -156,9 +158,9 @@ def Conv2DBackpropFilter(*, input, filter_sizes, out_backprop, strides,  # noqa:
   del name
   _check_cudnn(use_cudnn_on_gpu)
   return core.backprop_filter(
-      2, input, filter_sizes, out_backprop, strides=strides, padding=padding,
-      explicit_paddings=explicit_paddings, data_format=data_format,
-      dilations=dilations, out_sharding=out_sharding)
+      OPS["Conv2DBackpropFilter"], input, filter_sizes, out_backprop,
+      strides=strides, padding=padding, explicit_paddings=explicit_paddings,
+      data_format=data_format, dilations=dilations, out_sharding=out_sharding)
 
 
 def Conv2DBackpropFilterV2(*, input, filter, out_backprop, strides, padding,  # noqa: N802,A002
@@ -172,9 +174,10 @@ def Conv2DBackpropFilterV2(*, input, filter, out_backprop, strides, padding,  # 
   _check_cudnn(use_cudnn_on_gpu)
   _same_dtype(filter, "filter", input, "input")
   return core.backprop_filter(
-      2, input, _shape_of(filter, "filter"), out_backprop, strides=strides,
-      padding=padding, explicit_paddings=explicit_paddings,
-      data_format=data_format, dilations=dilations, out_sharding=out_sharding)
+      OPS["Conv2DBackpropFilterV2"], input, _shape_of(filter, "filter"),
+      out_backprop, strides=strides, padding=padding,
+      explicit_paddings=explicit_paddings, data_format=data_format,
+      dilations=dilations, out_sharding=out_sharding)
 
 
 def Conv3DBackpropFilterV2(*, input, filter_sizes, out_backprop, strides,  # noqa: N802,A002
@@ -185,9 +188,9 @@ def Conv3DBackpropFilterV2(*, input, filter_sizes, out_backprop, strides,  # noq
   `filter_sizes` (static, 5 entries); padding "SAME" or "VALID"."""
   del name
   return core.backprop_filter(
-      3, input, filter_sizes, out_backprop, strides=strides, padding=padding,
-      data_format=data_format, dilations=dilations, **_3D,
-      out_sharding=out_sharding)
+      OPS["Conv3DBackpropFilterV2"], input, filter_sizes, out_backprop,
+      strides=strides, padding=padding, data_format=data_format,
+      dilations=dilations, out_sharding=out_sharding)
 
 
 def Conv3DBackpropFilter(*, input, filter, out_backprop, strides, padding,  # noqa: N802,A002
@@ -198,9 +201,9 @@ def Conv3DBackpropFilter(*, input, filter, out_backprop, strides, padding,  # no
   del name
   _same_dtype(filter, "filter", input, "input")
   return core.backprop_filter(
-      3, input, _shape_of(filter, "filter"), out_backprop, strides=strides,
-      padding=padding, data_format="NDHWC", dilations=dilations, **_3D,
-      out_sharding=out_sharding)
+      OPS["Conv3DBackpropFilter"], input, _shape_of(filter, "filter"),
+      out_backprop, strides=strides, padding=padding, data_format="NDHWC",
+      dilations=dilations, out_sharding=out_sharding)
 
 
 def DepthwiseConv2dNativeBackpropFilter(*, input, filter_sizes, out_backprop,  # noqa: N802,A002
@@ -212,9 +215,10 @@ def DepthwiseConv2dNativeBackpropFilter(*, input, filter_sizes, out_backprop,  #
   depthwise conv, shaped `filter_sizes` = `[kh, kw, in_depth, multiplier]`."""
   del name
   return core.backprop_filter(
-      2, input, filter_sizes, out_backprop, strides=strides, padding=padding,
+      OPS["DepthwiseConv2dNativeBackpropFilter"], input, filter_sizes,
+      out_backprop, strides=strides, padding=padding,
       explicit_paddings=explicit_paddings, data_format=data_format,
-      dilations=dilations, depthwise=True, out_sharding=out_sharding)
+      dilations=dilations, out_sharding=out_sharding)
 
 
 def _same_dtype(tensor, name, other, other_name):

@@ -1,8 +1,9 @@
-"""Sharding rules of the three primitives under JAX's explicit sharding mode.
+"""Sharding under JAX's explicit sharding mode: what the primitives' rules share.
 
 With `AxisType.Explicit` mesh axes, shardings are part of the types
 (`jax.typeof(x)` shows `float32[8@data,16,16,8]`) and each primitive says
-how its result is sharded.  The rules, per activation layout `[N, *S, C]`
+how its result is sharded (its `_sharding_rule`, jaxconv/primitives/).
+The rules, per activation layout `[N, *S, C]`
 (or `[N, C, *S]`) and filter `[*K, C_in / groups, C_out]`:
 
   op      (filter, dy) -> result [N, *S, C_in]
@@ -30,8 +31,6 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxconv.lowering.geometry import ConvSpec
-
-
 
 class ShardingTypeError(ValueError):
   """An operand sharding the rules cannot type (JAX's own is not public)."""
@@ -67,23 +66,23 @@ def as_named(out_sharding):
                   f"{out_sharding!r}")
 
 
-def _fail(what: str, operands: str) -> None:
+def fail(what: str, operands: str) -> None:
   raise ShardingTypeError(
       f"{what} ({operands}); pass out_sharding= (a PartitionSpec or "
       "NamedSharding for the result) to have the result reduced and sharded "
       "as given, or reshard the operands (jax.sharding.reshard)")
 
 
-def _check_free(spec: ConvSpec, filter_spec, act_specs, names) -> None:
+def check_free(spec: ConvSpec, filter_spec, act_specs, names) -> None:
   """Spatial dims of activations and windows of filters stay unsharded."""
   if filter_spec is not None and any(filter_spec[:spec.ndim]):
-    _fail("the filter's window dims are sharded", names)
+    fail("the filter's window dims are sharded", names)
   for act in act_specs:
     if any(act[a] for a in spec.spatial_axes):
-      _fail("spatial dims are sharded", names)
+      fail("spatial dims are sharded", names)
 
 
-def _layout(spec: ConvSpec, batch, channels) -> P:
+def layout(spec: ConvSpec, batch, channels) -> P:
   out = [None] * (spec.ndim + 2)
   out[0], out[spec.feature_axis] = batch, channels
   used = [a for e in out if e for a in ((e,) if isinstance(e, str) else e)]
@@ -94,18 +93,20 @@ def _layout(spec: ConvSpec, batch, channels) -> P:
   return P(*out)
 
 
-def _result(avals, out_sharding, rule):
-  """None where no operand has explicit axes; else the rule's sharding."""
+def result(avals, names, out_sharding, rule):
+  """The result's sharding: out_sharding where given, None where no operand
+  has explicit axes, else rule(*operand specs, description of the
+  operands named `names`)."""
   out_sharding = as_named(out_sharding)
   if out_sharding is not None:
     return out_sharding
   mesh = _mesh(*avals)
   if mesh is None:
     return None
-  names = ", ".join(
+  described = ", ".join(
       f"{n} {jax.core.ShapedArray(a.shape, a.dtype).str_short()} sharded "
-      f"{P(*_spec(a))}" for n, a in zip(rule.names, avals))
-  return NamedSharding(mesh, rule(*map(_spec, avals), names))
+      f"{P(*_spec(a))}" for n, a in zip(names, avals))
+  return NamedSharding(mesh, rule(*map(_spec, avals), described))
 
 
 def batched(rule, avals, dims, **params) -> NamedSharding:
@@ -130,53 +131,6 @@ def batched(rule, avals, dims, **params) -> NamedSharding:
   rank = params["spec"].ndim + 2  # every result is an activation or filter
   return NamedSharding(inner.mesh, P(
       *leads, *inner.spec, *(None,) * (rank - len(inner.spec))))
-
-
-def backprop_input(filt, dy, spec: ConvSpec, out_sharding=None):
-  n, c = spec.ndim, spec.feature_axis
-
-  def rule(f, d, names):
-    _check_free(spec, f, (d,), names)
-    if d[c] or f[n + 1]:
-      _fail("the contracted channels (out_backprop's depth, the filter's "
-            "out_depth) are sharded", names)
-    if f[n] and spec.groups > 1:
-      _fail("a grouped filter's in_depth is sharded", names)
-    return _layout(spec, d[0], f[n])
-  rule.names = ("filter", "out_backprop")
-  return _result((filt, dy), out_sharding, rule)
-
-
-def forward(x, filt, spec: ConvSpec, out_sharding=None):
-  n, c = spec.ndim, spec.feature_axis
-
-  def rule(a, f, names):
-    _check_free(spec, f, (a,), names)
-    if a[c] or f[n]:
-      _fail("the contracted channels (the input's depth, the filter's "
-            "in_depth) are sharded", names)
-    return _layout(spec, a[0], f[n + 1])
-  rule.names = ("input", "filter")
-  return _result((x, filt), out_sharding, rule)
-
-
-def backprop_filter(x, dy, spec: ConvSpec, out_sharding=None, kernel=None):
-  """(kernel: the primitive's parameter; the result's dims follow from spec.)"""
-  n, c = spec.ndim, spec.feature_axis
-
-  def rule(a, d, names):
-    _check_free(spec, None, (a, d), names)
-    if a[0] or d[0]:
-      _fail("the contracted batch is sharded", names)
-    if a[c] and spec.groups > 1:
-      _fail("a grouped input's depth is sharded", names)
-    out = [None] * n + [a[c], d[c]]
-    if a[c] and a[c] == d[c]:
-      _fail("input and out_backprop depths are sharded over the same axis",
-            names)
-    return P(*out)
-  rule.names = ("input", "out_backprop")
-  return _result((x, dy), out_sharding, rule)
 
 
 def of(aval):

@@ -17,6 +17,7 @@ from jax.interpreters import mlir
 
 from ._compat import finish, hlo, ir_type, lower_fun
 from .geometry import ConvSpec
+from .index import any_empty
 
 
 def lower(ctx, filt, dy, *, spec: ConvSpec, accumulate_f32: bool = False):
@@ -100,8 +101,7 @@ def _grouped_filter(ctx, filt, aval, groups: int):
 
 def is_empty(ctx) -> bool:
   """Whether an operand or the result has a (static) zero-size dimension."""
-  return any(isinstance(d, (int, np.integer)) and d == 0
-             for aval in (*ctx.avals_in, *ctx.avals_out) for d in aval.shape)
+  return any_empty(*(a.shape for a in (*ctx.avals_in, *ctx.avals_out)))
 
 
 def zeros(ctx, filt, dy):

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
-from jaxconv.primitive import conv_backprop_input
+from jaxconv.primitives import conv_backprop_input
 from jaxconv.lowering.geometry import (ConvSpec, fitting_padding, forward_output_size,
                                forward_padding, transposed_output_size)
 

@@ -17,14 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv import core, raw_ops
-
-_FORWARD = {  # TF op: (ndim, depthwise, padding modes)
-    "Conv2D": (2, False, ("SAME", "VALID", "EXPLICIT")),
-    "Conv3D": (3, False, ("SAME", "VALID")),
-    "DepthwiseConv2dNative": (2, True, ("SAME", "VALID", "EXPLICIT")),
-}
-_FORWARD_DEFAULTS = {2: dict(data_format="NHWC", dilations=[1] * 4),
-                     3: dict(data_format="NDHWC", dilations=[1] * 5)}
+from jaxconv.ops import FORWARD_OPS, OPS
 
 
 def _attr_value(value):
@@ -78,19 +71,17 @@ def _named(proto, fn):
 
 
 def _family(op_name: str):
-  """The parser of one of the family's ops, by its jaxconv.raw_ops function."""
+  """The parser of one of the family's ops, by its jaxconv.raw_ops function;
+  the node's inputs in TF's order (the op table's `inputs`)."""
   fn = getattr(raw_ops, op_name)
   params = inspect.signature(fn).parameters
-  operands = [n for n, p in params.items()
-              if p.default is inspect.Parameter.empty and n in (
-                  "input_sizes", "filter_sizes", "input", "filter",
-                  "out_backprop")]
+  inputs = OPS[op_name].inputs
 
   def parse(proto):
     attributes = _attributes(proto, params)
 
-    def func(*inputs):
-      named = dict(zip(operands, inputs))
+    def func(*values):
+      named = dict(zip(inputs, values))
       for key in ("input_sizes", "filter_sizes"):
         if key in named:
           named[key] = _static(named[key], key, proto)
@@ -100,20 +91,20 @@ def _family(op_name: str):
 
 
 def _forward(op_name: str):
-  ndim, depthwise, paddings = _FORWARD[op_name]
+  op = FORWARD_OPS[op_name]
 
   def parse(proto):
     allowed = ["strides", "padding", "data_format", "dilations"]
-    if "EXPLICIT" in paddings:
+    if op.has_explicit_paddings:
       allowed.append("explicit_paddings")
-    attributes = dict(_FORWARD_DEFAULTS[ndim])
-    attributes.update(_attributes(
-        proto, allowed + ["use_cudnn_on_gpu"] * (op_name == "Conv2D")))
+    if op.use_cudnn_on_gpu:
+      allowed.append("use_cudnn_on_gpu")
+    attributes = dict(data_format=op.formats[0], dilations=[1] * (op.ndim + 2))
+    attributes.update(_attributes(proto, allowed))
     attributes.pop("use_cudnn_on_gpu", None)
 
     def func(x, filt):
-      return core.forward(ndim, x, filt, **attributes, paddings=paddings,
-                          depthwise=depthwise)
+      return core.forward(op, x, filt, **attributes)
     return _named(proto, func)
   return parse
 
@@ -137,8 +128,8 @@ def _bias_add_grad(proto):
 
 
 CONVERTERS = {
-    **{name: _family(name) for name in raw_ops.__all__},
-    **{name: _forward(name) for name in _FORWARD},
+    **{name: _family(name) for name in OPS},
+    **{name: _forward(name) for name in FORWARD_OPS},
     "ShapeN": _shape_n,
     "BiasAddGrad": _bias_add_grad,
 }

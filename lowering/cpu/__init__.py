@@ -20,7 +20,7 @@ import numpy as np
 from .. import canonical
 from .._compat import lower_fun
 from ..geometry import ConvSpec
-from ..index import any_empty, images
+from ..index import images
 from .tables import PORTABLE, PRIMITIVES, TABLES, choose, filter_shape, run
 
 __all__ = ["STRATEGIES", "Lowered", "applies", "backprop_filter", "choose",
@@ -126,7 +126,7 @@ def lower(ctx, filt, dy, *, spec: ConvSpec):
   """The op's lowering rule on CPU (StableHLO, from the rule context)."""
   filt_aval, dy_aval = ctx.avals_in
   out_aval, = ctx.avals_out
-  if any_empty(*(a.shape for a in (*ctx.avals_in, *ctx.avals_out))):
+  if canonical.is_empty(ctx):
     return canonical.zeros(ctx, filt, dy)
   # The strategies loop over stride phases: bound a stride that TF allows
   # up to 2**31 - 1 where it cannot matter.

@@ -104,7 +104,8 @@ PORTABLE = {"backprop_input": "canonical", "backprop_filter": "standard",
 
 
 def _why(label: str, text: str) -> str:
-  return f"{label}: {text} ({_WHY}: {label})"
+  """A rule's reason: its label (the row in benchmarks/README.md) and why."""
+  return f"{label}: {text} ({_WHY})"
 
 
 def _choose_backprop_input(spec, filter_shape, dtype, batch):
