@@ -241,13 +241,13 @@ def check_errors() -> dict:
 def main() -> int:
   assert jax.device_count() == 8, jax.devices()
   summary = {}
-  for strategy in (None, *lowering.cpu.STRATEGIES):  # chosen, then each
+  for strategy in (None, *lowering.cpu.STRATEGIES["backprop_input"]):  # chosen, then each
     jax.clear_caches()
     key = strategy or "chosen"
     print(f"checking {key} ...", file=sys.stderr, flush=True)
     with lowering.force_strategy(strategy) as lowered:
       summary[key] = check_strategy(strategy)
-    summary[key]["lowered"] = sorted(set(lowered))
+    summary[key]["lowered"] = sorted(set(lowered.backprop_input))
   print("checking the family ...", file=sys.stderr, flush=True)
   summary["family"] = check_family()
   summary["export"] = check_export()

@@ -66,3 +66,13 @@ def assert_filter_gradient_matches(fn, spec, kernel, x, dy):
   assert got.shape == want.shape and got.dtype == np.float32
   scale = max(1.0, float(np.max(np.abs(want))))
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+
+
+def filter_gradient_route(spec, kernel, x, dy):
+  """(the CPU strategies the filter-gradient partner lowers x, dy with, the
+  StableHLO text)."""
+  from jaxconv.lowering import cpu
+  with cpu.force_strategy() as lowered:
+    text = jax.jit(lambda x, dy: cpu.backprop_filter(
+        x, dy, spec=spec, kernel=kernel)).lower(x, dy).as_text()
+  return lowered.backprop_filter, text

@@ -110,7 +110,7 @@ def invalid_calls(draw):
   if what in ("strides", "dilations"):
     _window_mutation(draw, kw, what)
   elif what == "padding":
-    kw["padding"] = draw(st.sampled_from(["same", "FULL", "", None, 1, b"SAME",
+    kw["padding"] = draw(st.sampled_from(["same", "FULL", "", None, 1, b"same",
                                           ["SAME"]]))
   elif what == "explicit_paddings":
     if kw["padding"] == "EXPLICIT":
@@ -248,7 +248,8 @@ def family_invalid_calls(draw):
             st.sampled_from(["1", 1.5, None, [1]]))
       kw[key] = values
   elif key == "padding":
-    kw[key] = draw(st.sampled_from(["same", "FULL", "", 1, b"SAME", ["SAME"]]))
+    kw[key] = draw(st.sampled_from(["same", "FULL", "", 1, b"same", b"\xff",
+                                    ["SAME"]]))
   elif key == "explicit_paddings":
     kw[key] = draw(st.sampled_from([[0, 0, 1], [-1] * 8, [-1] * 10, ["1"]]))
   elif key == "data_format":

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import export
 
-from jaxconv import cli, reference
+from jaxconv import cli, lowering, reference
 
 
 def run(capsys, *argv):
@@ -39,9 +39,36 @@ def test_printed_strategy_is_the_one_lowered(capsys):
   for extra, name, emitted in (((), "subpixel", "stablehlo.convolution"),
                                (("--batch", "b"), "gemm_col2im",
                                 "stablehlo.dot_general")):
-    code, out, err = run(capsys, *layer, *extra)
-    assert code == 0 and f"cpu lowering strategy: {name}" in err
-    assert emitted in out
+    with lowering.force_strategy() as lowered:
+      code, out, err = run(capsys, *layer, *extra)
+    assert code == 0
+    assert f"cpu lowering strategy (backprop_input): {name} (" in err
+    assert lowered.backprop_input == [name] and emitted in out
+
+
+@pytest.mark.parametrize("op, args, name", [
+    ("Conv2DBackpropFilter", (), "shift_gemm"),  # the U-Net layer, s2 k3
+    ("Conv2DBackpropFilter", ("--strides", "1,1,1,1", "--input-sizes",
+                              "2,14,14,64", "--filter-sizes", "3,3,64,64"),
+     "eigen_rows"),
+    ("Conv3DBackpropFilterV2", ("--strides", "1,1,1,1,1"), "depth_taps"),
+    ("DepthwiseConv2dNativeBackpropFilter", (), "depthwise"),
+])
+def test_filter_gradients_report_their_strategy(capsys, op, args, name):
+  """The filter-gradient ops' CPU strategies are named, printed and forced
+  like the op's."""
+  with lowering.force_strategy() as lowered:
+    code, _, err = run(capsys, "export", "--op", op, "--cpu-strategy", "auto",
+                       *args)
+  assert code == 0
+  assert f"cpu lowering strategy (backprop_filter): {name} (" in err
+  assert lowered.backprop_filter == [name]
+  code, _, err = run(capsys, "export", "--op", op, "--cpu-strategy",
+                     "standard", *args)
+  assert code == 0 and "backprop_filter): standard (forced" in err
+  code, _, err = run(capsys, "export", "--op", op, "--cpu-strategy",
+                     "subpixel")
+  assert code == 2 and "is not a CPU strategy of " + op in err
 
 
 @pytest.mark.parametrize("dtype, short", [("float16", "f16"),
@@ -76,15 +103,13 @@ def test_every_op_exports_the_portable_form(capsys, op):
 
 
 def test_cpu_strategy_is_baked_in_on_request(capsys):
+  prefix = "cpu lowering strategy (backprop_input): "
   code, out, err = run(capsys, "export", "--cpu-strategy", "auto")
-  assert code == 0 and "cpu lowering strategy: gemm_col2im" in err
+  assert code == 0 and prefix + "gemm_col2im" in err
   assert "stablehlo.dot_general" in out and "lhs_dilate" not in out
   code, out, err = run(capsys, "export", "--cpu-strategy", "subpixel")
-  assert code == 0 and "cpu lowering strategy: subpixel (forced" in err
+  assert code == 0 and prefix + "subpixel (forced" in err
   assert "lhs_dilate" not in out and "stablehlo.convolution" in out
-  code, out, err = run(capsys, "export", "--op", "Conv2DBackpropFilter",
-                       "--cpu-strategy", "auto")
-  assert code == 0 and "filter-gradient form" in err
 
 
 def test_gpu_export_is_the_canonical_form(capsys):

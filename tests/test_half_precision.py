@@ -7,6 +7,8 @@ accumulating in the dtype itself (tap by tap, as a col2im or a sum of
 shifted products would) gives something else on about half the elements.
 Each test first proves that its inputs tell the two apart.
 """
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import jaxconv
 from jaxconv import lowering
 from jaxconv import reference
 from jaxconv.lowering import cpu
+from jaxconv.lowering.cpu import tables
 from tests.helpers import reference_for_spec, run_op, run_reference
 
 # strategy: (input_sizes NHWC, filter shape, stride); SAME padding.
@@ -55,17 +58,17 @@ def _case(strategy, dtype, data_format="NHWC"):
 def _run(strategy, cfg, w, dy):
   with lowering.force_strategy(strategy, strict=True) as lowered:
     out = np.asarray(jax.jit(lambda w, dy: run_op(cfg, w, dy))(w, dy))
-  assert lowered == [strategy]
+  assert lowered.backprop_input == [strategy]
   return out
 
 
 def test_layers_cover_every_strategy():
-  assert set(LAYERS) == set(cpu.STRATEGIES)
+  assert set(LAYERS) == set(cpu.STRATEGIES["backprop_input"])
 
 
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_accumulates_in_float32_and_rounds_once(strategy, dtype, data_format):
   cfg, w, dy = _case(strategy, dtype, data_format)
   expected = run_reference(cfg, w, dy).astype(dtype)
@@ -85,7 +88,7 @@ def test_narrowed_accumulation_fails(strategy, dtype, data_format,
   # would fail on it (for the other strategies XLA CPU widens anyway).
   cfg, w, dy = _case(strategy, dtype, data_format)
   expected = run_reference(cfg, w, dy).astype(dtype)
-  monkeypatch.setattr(cpu, "_accumulation", lambda dtype: None)
+  monkeypatch.setattr(tables, "_accumulation", lambda dtype: None)
   assert np.mean(_run(strategy, cfg, w, dy) != expected) > 0.3
 
 
@@ -106,7 +109,7 @@ def test_depthwise_partners_accumulate_in_float32(dtype, narrow, monkeypatch):
   want_w = reference.backprop_filter(x, dy, kernel=(3, 3), groups=4,
                                      **geometry)
   if narrow:
-    monkeypatch.setattr(cpu, "_accumulation", lambda dtype: None)
+    monkeypatch.setattr(tables, "_accumulation", lambda dtype: None)
   y = jax.jit(lambda x, w: cpu.forward(x, w, spec=spec))(x, w)
   dw = jax.jit(lambda x, dy: cpu.backprop_filter(x, dy, spec=spec,
                                                  kernel=(3, 3)))(x, dy)
@@ -123,10 +126,10 @@ def test_depthwise_partners_accumulate_in_float32(dtype, narrow, monkeypatch):
 def test_strided_filter_gradient_accumulates_in_float32(dtype, ndim,
                                                         monkeypatch):
   # lowering/cpu/tap_dots.py: one dot per tap, float32 results rounded once.
-  from jaxconv.lowering.cpu import tap_dots
-  calls, original = [], tap_dots.backprop_filter
-  monkeypatch.setattr(tap_dots, "backprop_filter", lambda *a, **k: calls.append(
-      k["acc_dtype"]) or original(*a, **k))
+  calls, strategy = [], tables.BACKPROP_FILTER["tap_dots"]
+  monkeypatch.setitem(tables.BACKPROP_FILTER, "tap_dots", dataclasses.replace(
+      strategy, lower=lambda *a, **k: calls.append(k["acc_dtype"])
+      or strategy.lower(*a, **k)))
   sizes, pads, dy_sizes = (7, 6, 5)[:ndim], ((1, 1), (0, 1), (1, 0))[:ndim], (
       4, 3, 2)[:ndim]  # dy: (size + pads - 3) // 2 + 1
   spec = lowering.ConvSpec(input_spatial=sizes, strides=(2,) * ndim,
@@ -169,5 +172,5 @@ def test_3d_depth_taps_accumulate_in_float32(strategy, dtype):
         input_sizes=[2, *spec.input_spatial, depth], filter=w,
         out_backprop=dy, strides=[1, *spec.strides, 1], padding="SAME"))(
             w, dy)
-  assert lowered == [strategy]
+  assert lowered.backprop_input == [strategy]
   np.testing.assert_array_equal(np.asarray(out), expected)

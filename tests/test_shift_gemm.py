@@ -11,9 +11,10 @@ from jax import export
 
 import jaxconv
 from jaxconv.lowering import cpu, geometry
-from jaxconv.lowering.cpu import shift_gemm
+from jaxconv.lowering.cpu import shift_gemm, tables
 from tests import configs
-from tests.helpers import assert_filter_gradient_matches
+from tests.helpers import (assert_filter_gradient_matches,
+                           filter_gradient_route)
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 1 << 30],
@@ -61,15 +62,12 @@ def _op(x, dy):
 def test_cpu_rule_takes_it_for_dense_stride_1_layers(monkeypatch):
   """The dense stride-1 filter gradient lowers to dots in a scan over the
   images, with no convolution, and equals JAX's conv VJP (the size bound,
-  tested above, lowered to keep the layer small)."""
-  monkeypatch.setattr(cpu, "_MIN_KERNEL_ROW_BYTES", 0)
-  calls = []
-  original = shift_gemm.backprop_filter
-  monkeypatch.setattr(shift_gemm, "backprop_filter", lambda *a, **k: (
-      calls.append(k["spec"]), original(*a, **k))[1])
+  tested below, lowered to keep the layer small)."""
+  monkeypatch.setattr(tables, "MIN_KERNEL_ROW_BYTES", 0)
   x, dy = _dense()
-  text = jax.jit(_op).lower(x, dy).as_text()
-  assert len(calls) == 1
+  with cpu.force_strategy() as lowered:
+    text = jax.jit(_op).lower(x, dy).as_text()
+  assert lowered.backprop_filter == ["shift_gemm"]
   assert "stablehlo.convolution" not in text
   assert "stablehlo.while" in text and "stablehlo.dot_general" in text
   want = jax.vjp(lambda w: jax.lax.conv_general_dilated(
@@ -98,28 +96,35 @@ def test_cpu_rule_takes_it_for_dense_stride_1_layers(monkeypatch):
     ((56, 56), (64, 64), (3, 3), 1, 2, False),   # dilated
 ])
 def test_cpu_rule_bounds(spatial, channels, kernel, strides, dilation, want):
+  """The stride-1 rule of the filter-gradient table, by its reason's label."""
+  def takes(spec, dtype=np.float32, batch=8):
+    name, reason = cpu.choose(spec, (*kernel, *channels), dtype, batch,
+                              primitive="backprop_filter")
+    return (name, reason.startswith("stride 1, 8 MiB of kernel rows")) == (
+        "shift_gemm", True)
+
   spec = geometry.ConvSpec(spatial, (strides,) * 2, (dilation,) * 2,
                            ((1, 1), (1, 1)))
-  out = spec.out_backprop_spatial(kernel)
-  x = jax.ShapeDtypeStruct((8, *spatial, channels[0]), np.float32)
-  dy = jax.ShapeDtypeStruct((8, *out, channels[1]), np.float32)
-  assert cpu._per_image_gemm(spec, kernel, x, dy) == want
-  if want:  # float32 only; a symbolic batch counts as one image
-    half = jax.ShapeDtypeStruct(x.shape, np.float16)
-    assert not cpu._per_image_gemm(spec, kernel, half, dy)
-    b, = export.symbolic_shape("b")
-    assert not cpu._per_image_gemm(
-        spec, kernel, jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype),
-        jax.ShapeDtypeStruct((b, *dy.shape[1:]), dy.dtype))
+  assert takes(spec) == want
   nchw = geometry.ConvSpec(spatial, (strides,) * 2, (dilation,) * 2,
                            ((1, 1), (1, 1)), channels_last=False)
-  x = jax.ShapeDtypeStruct((8, channels[0], *spatial), np.float32)
-  dy = jax.ShapeDtypeStruct((8, channels[1], *out), np.float32)
-  assert cpu._per_image_gemm(nchw, kernel, x, dy) == want
+  assert takes(nchw) == want
+  if want:  # float32 only; a symbolic batch counts as one image
+    assert not takes(spec, np.float16)
+    b, = export.symbolic_shape("b")
+    out = spec.out_backprop_spatial(kernel)
+    with cpu.force_strategy() as lowered:
+      export.export(jax.jit(lambda x, dy: cpu.backprop_filter(
+          x, dy, spec=spec, kernel=kernel)), platforms=["cpu"])(
+              jax.ShapeDtypeStruct((b, *spatial, channels[0]), np.float32),
+              jax.ShapeDtypeStruct((b, *out, channels[1]), np.float32))
+    assert lowered.backprop_filter == [cpu.choose(
+        spec, (*kernel, *channels), np.float32, 1,
+        primitive="backprop_filter")[0]] != ["shift_gemm"]
 
 
 def test_symbolic_batch_exports_in_one_piece(monkeypatch):
-  monkeypatch.setattr(cpu, "_MIN_KERNEL_ROW_BYTES", 0)
+  monkeypatch.setattr(tables, "MIN_KERNEL_ROW_BYTES", 0)
   x, dy = _dense(n=3)
   b, = export.symbolic_shape("b")
   exp = export.export(jax.jit(_op), platforms=["cpu"])(
@@ -142,28 +147,19 @@ def test_symbolic_batch_exports_in_one_piece(monkeypatch):
     ((2, 2), (2, 2), (3, 3), np.float32, "tap_dots"),    # 0 and 3: apart
     ((3, 3), (2, 2), (1, 1), np.float16, "tap_dots"),    # float32 sums
     ((4, 4), (2, 2), (1, 1), np.float32, "shift_gemm"),
-    ((5, 5), (2, 2), (1, 1), np.float32, None),  # 2-D from k5: XLA's form
-    ((3, 5), (2, 2), (1, 1), np.float32, None),
+    ((5, 5), (2, 2), (1, 1), np.float32, "standard"),  # 2-D from k5
+    ((3, 5), (2, 2), (1, 1), np.float32, "standard"),
     ((5, 5), (2, 2), (1, 1), np.float16, "tap_dots"),
     ((5, 3, 3), (2, 2, 2), (1, 1, 1), np.float32, "shift_gemm"),  # 3-D
 ])
-def test_cpu_rule_for_strided_layers(kernel, strides, dilations, dtype, want,
-                                     monkeypatch):
+def test_cpu_rule_for_strided_layers(kernel, strides, dilations, dtype, want):
   """Strided one-group filter gradients: this form where taps overlap,
   one dot per tap where they do not (or in half precision), XLA's own
-  convolution for 2-D kernels over 4 (None: neither form)."""
-  from jaxconv.lowering.cpu import tap_dots
-  calls = []
-  for module in (shift_gemm, tap_dots):
-    monkeypatch.setattr(module, "backprop_filter", lambda *a, m=module,
-                        f=module.backprop_filter, **k: (
-                            calls.append(m.__name__.split(".")[-1]),
-                            f(*a, **k))[1])
+  convolution for 2-D kernels over 4 ("standard")."""
   ndim = len(kernel)
   spec = geometry.ConvSpec((9,) * ndim, strides, dilations, ((1, 1),) * ndim)
   x = jnp.ones((2, *(9,) * ndim, 8), dtype)
   dy = jnp.ones((2, *spec.out_backprop_spatial(kernel), 8), dtype)
-  text = jax.jit(lambda x, dy: cpu.backprop_filter(
-      x, dy, spec=spec, kernel=kernel)).lower(x, dy).as_text()
-  assert calls == ([want] if want else [])
-  assert ("stablehlo.convolution" in text) == (want is None)
+  names, text = filter_gradient_route(spec, kernel, x, dy)
+  assert names == [want]
+  assert ("stablehlo.convolution" in text) == (want == "standard")

@@ -13,12 +13,14 @@ from jaxconv import lowering
 from jaxconv.lowering import cpu, geometry, partners
 from jaxconv.lowering.cpu import grouped, subpixel_fused
 from tests import configs
-from tests.helpers import (assert_close, reference_for_spec, run_op,
-                           run_reference, spatial)
+from tests.helpers import (assert_close, filter_gradient_route,
+                           reference_for_spec, run_op, run_reference,
+                           spatial)
 from tests.test_lowering import negative_conv_pads
 
 import jaxconv
 from jaxconv import attrs
+from jaxconv.ops import OPS
 from jaxconv.export import LayerConfig
 
 
@@ -56,13 +58,13 @@ def _jit_forced(strategy, fn, *args):
   """fn(*args) compiled with `strategy` forced strictly; asserts it ran."""
   with lowering.force_strategy(strategy, strict=True) as lowered:
     out = jax.jit(fn)(*args)
-  assert lowered and set(lowered) == {strategy}, lowered
+  assert lowered.backprop_input and set(lowered.backprop_input) == {strategy}, lowered
   return out
 
 
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_exact_against_reference(strategy):
-  cases = _configs_for(strategy, 40, seed=cpu.STRATEGIES.index(strategy))
+  cases = _configs_for(strategy, 40, seed=cpu.STRATEGIES["backprop_input"].index(strategy))
   for cfg, w, dy in cases:
     w, dy = w.astype(cfg["dtype"]), dy.astype(cfg["dtype"])
     if 0 in (*w.shape, *dy.shape, *cfg["input_sizes"]):  # zeros, no lowering
@@ -74,7 +76,7 @@ def test_exact_against_reference(strategy):
     assert_close(out, run_reference(cfg, w, dy), cfg["dtype"], (strategy, cfg))
 
 
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_generic_float_values(strategy):
   # Not only multiples of 1/8: float32 and float64 with generic values.
   rng = np.random.default_rng(1)
@@ -94,7 +96,7 @@ def test_generic_float_values(strategy):
 
 
 @pytest.mark.parametrize("ndim", [1, 3])
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_exact_in_1d_and_3d(strategy, ndim):
   # The primitive and every strategy are N-d (1-3 spatial dims).
   dtype = "float64" if _lowers(strategy, "float64") else "float32"
@@ -208,60 +210,58 @@ def test_groups_per_problem(groups, ci, want):
   assert grouped.groups_per_problem(groups, ci) == want
 
 
-def _conv_dims(fn, *args):
-  """The spatial dims of every convolution `fn` lowers to."""
-  text = jax.jit(fn).lower(*args).as_text()
-  return [len(re.findall(r"\d", d)) for d in
-          re.findall(r"dim_numbers = \[([^\]]*)\]x", text)]
-
-
 def test_cpu_filter_gradient_routes():
-  """Depthwise: the split (convolutions) at stride 1, per-tap reductions
-  (none) when strided; 3-D stride 1: 2-D convolutions per depth tap;
-  strided dense ones: dots in 2-D (which ones: test_shift_gemm), XLA's
-  convolution in 1-D."""
-  for strides, convs in (((1, 1), True), ((2, 1), False)):
+  """Depthwise: the split at stride 1, per-tap reductions when strided;
+  3-D stride 1: 2-D filter gradients per depth tap; strided dense ones:
+  GEMMs in 2-D (the strided rule: test_shift_gemm), XLA's convolution
+  in 1-D."""
+  for strides, want in (((1, 1), "grouped"), ((2, 1), "depthwise")):
     spec = lowering.ConvSpec(input_spatial=(6, 6), strides=strides,
                              dilations=(1, 1), padding=((1, 1), (1, 1)),
                              groups=8)
     x = jnp.ones((2, 6, 6, 8), np.float32)
     dy = jnp.ones((2, *spec.out_backprop_spatial((3, 3)), 8), np.float32)
-    dims = _conv_dims(lambda x, dy: cpu.backprop_filter(
-        x, dy, spec=spec, kernel=(3, 3)), x, dy)
-    assert bool(dims) == convs, (strides, dims)
+    names, text = filter_gradient_route(spec, (3, 3), x, dy)
+    assert names == [want]
+    assert ("stablehlo.convolution" in text) == (want == "grouped")
   spec = lowering.ConvSpec(input_spatial=(5, 6, 4), strides=(1, 1, 1),
                            dilations=(1, 1, 1), padding=((1, 1),) * 3)
   x = jnp.ones((2, 5, 6, 4, 8), np.float32)
-  dims = _conv_dims(lambda x, dy: cpu.backprop_filter(
-      x, dy, spec=spec, kernel=(3, 3, 3)), x, x)
-  assert dims == [2, 2, 2]
-  # Strided, one group: dots in 2-D (no convolution), XLA's 1-D convolution
-  # (on Eigen) in 1-D.
-  for ndim, dims in ((2, []), (1, [1])):
+  names, text = filter_gradient_route(spec, (3, 3, 3), x, x)
+  assert names == ["depth_taps"] and _conv_dims(text) == [2, 2, 2]
+  for ndim, want in ((2, "shift_gemm"), (1, "standard")):
     spec = lowering.ConvSpec(input_spatial=(8,) * ndim, strides=(2,) * ndim,
                              dilations=(1,) * ndim, padding=((1, 0),) * ndim)
     x = jnp.ones((2, *(8,) * ndim, 8), np.float32)
     dy = jnp.ones((2, *(4,) * ndim, 8), np.float32)
-    assert _conv_dims(lambda x, dy: cpu.backprop_filter(
-        x, dy, spec=spec, kernel=(3,) * ndim), x, dy) == dims
+    names, text = filter_gradient_route(spec, (3,) * ndim, x, dy)
+    assert names == [want]
+    assert _conv_dims(text) == ([] if ndim == 2 else [1])
 
 
-@pytest.mark.parametrize("kernel, channels, dtype, dims", [
-    ((3, 3), (64, 64), np.float32, [1]),  # the Eigen form: one 1-D conv
-    ((3, 4), (64, 64), np.float32, [1]),
-    ((4, 3), (64, 64), np.float32, [2]),  # more kernel rows: XLA's form
-    ((3, 3), (64, 63), np.float32, [2]),  # channels x channels < 4096
-    ((3, 3), (128, 32), np.float32, [1]),
-    ((3, 3), (64, 64), np.float64, [2]),
+def _conv_dims(text):
+  """The spatial dims of every convolution in StableHLO text."""
+  return [len(re.findall(r"\d", d)) for d in
+          re.findall(r"dim_numbers = \[([^\]]*)\]x", text)]
+
+
+@pytest.mark.parametrize("kernel, channels, dtype, want", [
+    ((3, 3), (64, 64), np.float32, "eigen_rows"),  # one 1-D conv
+    ((3, 4), (64, 64), np.float32, "eigen_rows"),
+    ((4, 3), (64, 64), np.float32, "standard"),  # more kernel rows
+    ((3, 3), (64, 63), np.float32, "standard"),  # channels x channels < 4096
+    ((3, 3), (128, 32), np.float32, "eigen_rows"),
+    ((3, 3), (64, 64), np.float64, "standard"),
 ])
-def test_cpu_dense_filter_gradient_routes(kernel, channels, dtype, dims):
+def test_cpu_dense_filter_gradient_routes(kernel, channels, dtype, want):
   """Stride-1 2-D filter gradients outside shift_gemm's bounds (14x14)."""
   spec = lowering.ConvSpec(input_spatial=(14, 14), strides=(1, 1),
                            dilations=(1, 1), padding=((1, 1), (1, 1)))
   x = jnp.ones((2, 14, 14, channels[0]), dtype)
   dy = jnp.ones((2, *spec.out_backprop_spatial(kernel), channels[1]), dtype)
-  assert _conv_dims(lambda x, dy: cpu.backprop_filter(
-      x, dy, spec=spec, kernel=kernel), x, dy) == dims
+  names, text = filter_gradient_route(spec, kernel, x, dy)
+  assert names == [want]
+  assert _conv_dims(text) == ([1] if want == "eigen_rows" else [2])
 
 
 def test_cpu_grouped_filter_gradient_avoids_batch_groups():
@@ -313,15 +313,15 @@ def _layer(strategy, data_format="NHWC"):
 
 
 def test_layers_cover_every_strategy():
-  assert set(STRATEGY_LAYERS) == set(cpu.STRATEGIES)
+  assert set(STRATEGY_LAYERS) == set(cpu.STRATEGIES["backprop_input"])
 
 
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_no_zero_inflated_input(strategy):
   op, w, dy = _layer(strategy)
   with lowering.force_strategy(strategy, strict=True) as lowered:
     text = jax.jit(lambda w, dy: op(w, dy)).lower(w, dy).as_text()
-  assert lowered == [strategy]
+  assert lowered.backprop_input == [strategy]
   dilated = [c for c in re.findall(r"lhs_dilate = \[([^\]]*)\]", text)
              if set(c.split(", ")) != {"1"}]
   if strategy == "canonical":
@@ -332,7 +332,7 @@ def test_no_zero_inflated_input(strategy):
 
 
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_symbolic_batch_export(strategy, data_format):
   op, w, dy = _layer(strategy, data_format)
   b, = export.symbolic_shape("b")
@@ -341,14 +341,14 @@ def test_symbolic_batch_export(strategy, data_format):
                         platforms=["cpu"])(
         jax.ShapeDtypeStruct(w.shape, w.dtype),
         jax.ShapeDtypeStruct((b, *dy.shape[1:]), dy.dtype))
-  assert lowered == [strategy]
+  assert lowered.backprop_input == [strategy]
   for batch in (1, 3):
     dyb = np.concatenate([dy] * 2)[:batch]
     np.testing.assert_allclose(exp.call(w, dyb), op(w, dyb, batch=batch),
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_grad_and_vmap_under_strategy(strategy):
   op, w, dy = _layer(strategy)
   loss = lambda w, dy: jnp.sum(jnp.sin(op(w, dy)))
@@ -357,7 +357,9 @@ def test_grad_and_vmap_under_strategy(strategy):
   want_v = np.stack([op(w, dy), op(2 * w, dy)])
   with lowering.force_strategy(strategy) as lowered:
     got = jax.jit(jax.grad(lambda w, dy: loss(w, dy), argnums=(0, 1)))(w, dy)
-    assert lowered == [strategy]  # the forward pass; the grads are partners
+    assert lowered.backprop_input == [strategy]  # the forward pass
+    # the gradients: the partners' automatic choices, recorded per primitive
+    assert lowered.backprop_filter and lowered.forward, lowered
     got_v = jax.jit(jax.vmap(lambda w, dy: op(w, dy), in_axes=(0, None)))(ws, dy)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -369,15 +371,15 @@ def test_forcing_falls_back_where_a_strategy_does_not_apply():
   automatic = cpu.choose(_spec(op, w, dy), w.shape, np.float32, 2)[0]
   with lowering.force_strategy("depthwise") as lowered:
     out = jax.jit(lambda w, dy: op(w, dy))(w, dy)
-  assert lowered == [automatic] != ["depthwise"]  # the fallback is visible
+  assert lowered.backprop_input == [automatic] != ["depthwise"]  # the fallback is visible
   np.testing.assert_allclose(out, op(w, dy), rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match=r"\Aforce_strategy\('depthwise', "
+  with pytest.raises(ValueError, match=r"\Aforce_strategy\(backprop_input='depthwise', "
                      r"strict=True\): it does not apply to this "
                      r"configuration \(ConvSpec\(.*\), filter shape "
                      r"\(3, 2, 4, 6\), float32\)(\n|\Z)"):
     with lowering.force_strategy("depthwise", strict=True):
       jax.jit(lambda w, dy: op(w, dy))(w, dy)
-  with pytest.raises(ValueError, match=r"\Aforce_strategy\('canonical', "
+  with pytest.raises(ValueError, match=r"\Aforce_strategy\(backprop_input='canonical', "
                      r"strict=True\): XLA CPU can abort the process on "
                      r"float64/int32 convolutions \(.*float64\)(\n|\Z)"):
     with lowering.force_strategy("canonical", strict=True):
@@ -397,11 +399,11 @@ _APPLIES = {"canonical": set(_GROUPINGS), "gemm_col2im": set(_GROUPINGS),
 
 
 def test_applies_table_covers_every_strategy():
-  assert set(_APPLIES) == set(cpu.STRATEGIES)
+  assert set(_APPLIES) == set(cpu.STRATEGIES["backprop_input"])
 
 
 @pytest.mark.parametrize("grouping", list(_GROUPINGS))
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES)
+@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_each_strategy_applies_exactly_where_it_lowers(strategy, grouping):
   """Forced strictly, a strategy lowers (and is exact) where it applies and
   raises where it does not."""
@@ -416,7 +418,7 @@ def test_each_strategy_applies_exactly_where_it_lowers(strategy, grouping):
   if grouping in _APPLIES[strategy]:
     with lowering.force_strategy(strategy, strict=True) as lowered:
       out = call()
-    assert lowered == [strategy]
+    assert lowered.backprop_input == [strategy]
     np.testing.assert_array_equal(out, run_reference(cfg, w, dy))
   else:
     with pytest.raises(ValueError, match="does not apply"):
@@ -456,8 +458,8 @@ def test_choice_on_benchmark_classes(fmt, sizes, fshape, stride, dtype, want):
   if fmt == "NCHW":
     sizes = [sizes[0], sizes[3], *sizes[1:3]]
   strides = [1, stride, stride, 1] if fmt == "NHWC" else [1, 1, stride, stride]
-  spec = attrs.make_spec(2, sizes, fshape, sizes[0], strides, "SAME", [], fmt,
-                         [1, 1, 1, 1])
+  spec = attrs.make_spec(OPS["Conv2DBackpropInput"], sizes, fshape, sizes[0],
+                         strides, "SAME", [], fmt, [1, 1, 1, 1])
   assert cpu.choose(spec, fshape, dtype, sizes[0])[0] == want
 
 
@@ -524,8 +526,10 @@ def test_every_rule_names_its_choice(sizes, fshape, stride, dilation, dtype,
                                      batch, want):
   n = len(sizes) - 2
   stride = stride if isinstance(stride, tuple) else (stride,) * n
-  spec = attrs.make_spec(n, sizes, fshape, sizes[0], [1, *stride, 1],
-                         "SAME", [], "NDHWC"[-n - 2:] if n == 3 else "NHWC",
+  spec = attrs.make_spec(OPS["Conv3DBackpropInputV2" if n == 3 else
+                             "Conv2DBackpropInput"], sizes, fshape, sizes[0],
+                         [1, *stride, 1], "SAME", [],
+                         "NDHWC"[-n - 2:] if n == 3 else "NHWC",
                          [1, *[dilation] * n, 1])
   args = () if batch is None else (batch,)
   name, reason = cpu.choose(spec, fshape, dtype, *args)
@@ -542,8 +546,8 @@ def test_choice_with_stride_and_dilation(fmt, kernel, want):
   strides, dilations = ([1, 2, 2, 1], [1, 2, 2, 1]) if fmt == "NHWC" else (
       [1, 1, 2, 2], [1, 1, 2, 2])
   fshape = (kernel, kernel, 64, 64)
-  spec = attrs.make_spec(2, sizes, fshape, 8, strides, "SAME", [], fmt,
-                         dilations)
+  spec = attrs.make_spec(OPS["Conv2DBackpropInput"], sizes, fshape, 8,
+                         strides, "SAME", [], fmt, dilations)
   assert cpu.choose(spec, fshape, "float32", 8)[0] == want
 
 
@@ -613,3 +617,23 @@ def test_phase_packed_waste(kernel, strides, want):
   if want != 1:
     assert cpu.choose(spec, (*kernel, 64, 64), "float32", 8)[0] != (
         "subpixel_fused")
+
+
+def test_every_rule_reason_has_its_measurements_row():
+  """Each rule's reason names a row of benchmarks/README.md ('Why each CPU
+  rule') with the strategy it chooses: the figures live there, not in
+  the code."""
+  import inspect
+  import pathlib
+  from jaxconv.lowering.cpu import tables
+  readme = (pathlib.Path(__file__).parents[1] / "benchmarks" /
+            "README.md").read_text()
+  section = readme[readme.index("## Why each CPU rule"):]
+  section = section[:section.index("\n## ", 1)]
+  rows = set(re.findall(r"^\| ([^|]+?) \| (\w+) \|", section, re.M))
+  for primitive, rule in tables._RULES.items():
+    source = inspect.getsource(rule)
+    chosen = re.findall(r'return "(\w+)", _why\(\s*"([^"]+)"', source)
+    assert chosen, primitive
+    for name, label in chosen:
+      assert (label, name) in rows, (primitive, label, name)

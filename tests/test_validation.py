@@ -37,7 +37,8 @@ class RawOpValidationTest(parameterized.TestCase):
       ("input_sizes_beyond_int32", dict(input_sizes=[2, 2**31, 8, 3]),
        ValueError, r"input_sizes.*2147483648"),
       ("input_sizes_2d", dict(input_sizes=np.ones((2, 2), np.int32)),
-       ValueError, r"input_sizes must be 1-dimensional, got shape \(2, 2\)"),
+       ValueError, r"input_sizes shape must be rank 1 but is rank 2 "
+       r"\(shape \(2, 2\)\)"),
       ("input_sizes_float", dict(input_sizes=[2, 8.0, 8, 3]),
        TypeError, r"input_sizes must contain integers, got 8.0"),
       ("input_sizes_string", dict(input_sizes="2,8,8,3"),
@@ -255,3 +256,64 @@ class CompatWrapperValidationTest(parameterized.TestCase):
 def test_conv_spec_rejects_inconsistent_ranks(fields):
   with pytest.raises(ValueError, match="inconsistent spatial ranks"):
     lowering.ConvSpec(**fields)
+
+
+# --- TF's API, as its own gradient functions and tools call it -------------
+
+
+def _dense_call(**overrides):
+  rng = np.random.default_rng(0)
+  kw = dict(input_sizes=[2, 7, 7, 4], filter=rng.standard_normal(
+      (3, 3, 4, 6)).astype(np.float32), out_backprop=rng.standard_normal(
+          (2, 4, 4, 6)).astype(np.float32), strides=[1, 2, 2, 1],
+            padding="SAME", data_format="NHWC")
+  kw.update(overrides)
+  return jaxconv.raw_ops.Conv2DBackpropInput(**kw)
+
+
+def test_string_attributes_may_be_bytes():
+  """TF's gradient functions and tf.raw_ops pass `padding=b"VALID"`."""
+  for padding, size in (("SAME", 4), ("VALID", 3)):  # 7 -> 4 or 3, s2 k3
+    dy = np.random.default_rng(2).standard_normal(
+        (2, size, size, 6)).astype(np.float32)
+    want = _dense_call(padding=padding, out_backprop=dy)
+    got = _dense_call(padding=padding.encode(), data_format=b"NHWC",
+                      out_backprop=dy)
+    np.testing.assert_array_equal(got, want)
+  x, dy = np.ones((2, 7, 7, 4), np.float32), np.ones((2, 4, 4, 6), np.float32)
+  np.testing.assert_array_equal(
+      jaxconv.compat.v1.nn.conv2d_backprop_filter(
+          x, [3, 3, 4, 6], dy, [1, 2, 2, 1], b"SAME", data_format=b"NHWC"),
+      jaxconv.compat.v1.nn.conv2d_backprop_filter(
+          x, [3, 3, 4, 6], dy, [1, 2, 2, 1], "SAME"))
+  with pytest.raises(ValueError, match=r"padding must be one of .*b?'same'"):
+    _dense_call(padding=b"same")
+  with pytest.raises(ValueError, match=r"padding must be an ASCII string"):
+    _dense_call(padding=b"\xff")
+
+
+@pytest.mark.parametrize("sizes, rank", [(np.int32(3), 0),
+                                         (np.ones((1, 4), np.int32), 2)])
+def test_sizes_of_the_wrong_rank_in_tf_wording(sizes, rank):
+  with pytest.raises(ValueError, match=rf"\Afilter_sizes shape must be rank 1 "
+                     rf"but is rank {rank} "):
+    jaxconv.raw_ops.Conv2DBackpropFilter(
+        input=np.ones((1, 4, 4, 2), np.float32), filter_sizes=sizes,
+        out_backprop=np.ones((1, 4, 4, 2), np.float32), strides=[1] * 4,
+        padding="SAME")
+
+
+def test_conv2d_backprop_input_v2_takes_int32():
+  """Its op definition lists int32, as Conv2DBackpropInput's does."""
+  rng = np.random.default_rng(1)
+  w = rng.integers(-4, 5, (3, 3, 4, 6)).astype(np.int32)
+  dy = rng.integers(-4, 5, (2, 4, 4, 6)).astype(np.int32)
+  got = jaxconv.raw_ops.Conv2DBackpropInputV2(
+      input=np.zeros((2, 7, 7, 4), np.int32), filter=w, out_backprop=dy,
+      strides=[1, 2, 2, 1], padding="SAME")
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, _dense_call(filter=w, out_backprop=dy))
+  with pytest.raises(TypeError, match="input has dtype int32"):  # floats
+    jaxconv.raw_ops.Conv2DBackpropFilterV2(
+        input=np.zeros((2, 7, 7, 4), np.int32), filter=w, out_backprop=dy,
+        strides=[1, 2, 2, 1], padding="SAME")
