@@ -1,5 +1,10 @@
-"""Test helpers: run a TF-style config through jaxconv and the reference."""
+"""Test helpers, in one module: run a TF-style config through jaxconv and
+the reference, compare results, require the optional extras."""
 from __future__ import annotations
+
+import importlib
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +20,28 @@ RTOL = {"float64": 1e-12, "float32": 2e-6, "float16": 2e-3, "bfloat16": 1.6e-2,
 
 def spatial(values, data_format):
   return list(values[1:-1]) if data_format.endswith("C") else list(values[2:])
+
+
+# CI sets this: a missing optional extra is then an error, not a skip.
+REQUIRE_EXTRAS = os.environ.get("JAXCONV_REQUIRE_EXTRAS") == "1"
+RNG = np.random.default_rng(0)
+
+
+def require(*modules: str):
+  """Import the optional extras a test module needs; skip the module (with
+  the reason) where one is missing, unless REQUIRE_EXTRAS."""
+  for name in modules:
+    if REQUIRE_EXTRAS:
+      importlib.import_module(name)
+    else:
+      import pytest
+      pytest.importorskip(name, reason=f"the optional extra providing "
+                          f"{name!r} is not installed (pip install -e "
+                          "'.[test]')")
+
+
+def randn(*shape):
+  return RNG.standard_normal(shape).astype(np.float32)
 
 
 def run_op(cfg, filt, dy):
@@ -45,6 +72,31 @@ def assert_close(actual, expected, dtype: str, context=""):
   scale = max(1.0, float(np.max(np.abs(expected), initial=0)))
   assert err <= RTOL[dtype] * scale, (err, scale, context)
   return err
+
+
+def assert_matches_peer(got, want, what=""):
+  """Against another library's float32 result (TF, Keras, PyTorch): same
+  shape, values within float32 tolerance of the result's scale."""
+  got, want = np.asarray(got), np.asarray(want)
+  assert got.shape == want.shape, (what, got.shape, want.shape)
+  scale = max(1.0, float(np.abs(want).max(initial=0)))
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=3e-5 * scale,
+                             err_msg=what)
+
+
+def convolutions(text):
+  """The lines of StableHLO text that are convolutions."""
+  return [line for line in text.splitlines() if "stablehlo.convolution" in line]
+
+
+def negative_conv_pads(text):
+  """Negative padding amounts of every convolution in a module."""
+  pads = []
+  for conv in convolutions(text):
+    m = re.search(r"pad = \[((?:\[-?\d+, -?\d+\](?:, )?)+)\]", conv)
+    if m:
+      pads += [int(v) for v in re.findall(r"-?\d+", m.group(1)) if int(v) < 0]
+  return pads
 
 
 def reference_for_spec(filt, dy, spec, **kw):

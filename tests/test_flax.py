@@ -1,7 +1,10 @@
 """jaxconv.flax against the real Keras 3 (TF backend) and PyTorch layers:
 outputs and input/weight/bias gradients over their hyperparameters; the
 nnx and linen modules; errors."""
-from tests.integrations import assert_close, randn  # noqa: I001  (first: sets up Keras)
+from tests.helpers import assert_matches_peer, randn, require
+
+require("flax", "keras", "tensorflow", "torch")
+
 import jax
 import jax.numpy as jnp
 import keras
@@ -69,11 +72,11 @@ def test_from_keras_matches_keras(case):
 
   module = jnnx.from_keras(layer)
   y, grads = _ours_with_grads(module, x)
-  assert_close(y, want, "output")
+  assert_matches_peer(y, want, "output")
   for name, g, w in zip(("x", "kernel", "bias"), grads, want_grads):
-    assert_close(g, w, f"d/d{name}")
+    assert_matches_peer(g, w, f"d/d{name}")
   linen_module, variables = jlinen.from_keras(layer)
-  assert_close(linen_module.apply(variables, x), want, "linen output")
+  assert_matches_peer(linen_module.apply(variables, x), want, "linen output")
 
 
 def test_from_keras_refuses_what_it_cannot_port():
@@ -125,12 +128,12 @@ def test_from_torch_matches_pytorch(case):
       *range(2, rank + 2), 1, 0)  # to Keras's layout
   ours = jnnx.from_torch(module)
   y, grads = _ours_with_grads(ours, x)
-  assert_close(y, want.detach(), "output")
+  assert_matches_peer(y, want.detach(), "output")
   for name, g, w in zip(("x", "kernel", "bias"), grads,
                         (x_t.grad, weight_grad, module.bias.grad)):
-    assert_close(g, w, f"d/d{name}")
+    assert_matches_peer(g, w, f"d/d{name}")
   linen_module, variables = jlinen.from_torch(module)
-  assert_close(linen_module.apply(variables, x), want.detach(), "linen output")
+  assert_matches_peer(linen_module.apply(variables, x), want.detach(), "linen output")
 
 
 @pytest.mark.parametrize("extra", [0, 1])
@@ -140,7 +143,7 @@ def test_torch_output_size_at_call(extra):
   x = randn(1, 4, 5, 6)
   size = (9 + extra, 11 + extra)
   want = module(torch.tensor(x), output_size=size).detach()
-  assert_close(jnnx.from_torch(module)(x, output_shape=size), want)
+  assert_matches_peer(jnnx.from_torch(module)(x, output_shape=size), want)
   with pytest.raises(ValueError, match="not reachable"):
     jnnx.from_torch(module)(x, output_shape=(11, 11))
 
@@ -167,14 +170,14 @@ def test_nnx_and_linen_layers_train_and_transform():
   grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
   assert grads["kernel"][...].shape == (3, 3, 8, 3)
   batched = jax.vmap(layer)(x[:, None])
-  assert_close(batched[:, 0], y)
+  assert_matches_peer(batched[:, 0], y)
 
   module = jlinen.ConvTranspose(8, (3, 3), 2, padding="SAME", output_padding=1)
   variables = module.init(jax.random.key(0), x)
   assert variables["params"]["kernel"].shape == (3, 3, 8, 3)
   variables = {"params": {"kernel": layer.kernel[...],
                          "bias": layer.bias[...]}}
-  assert_close(module.apply(variables, x), y)
+  assert_matches_peer(module.apply(variables, x), y)
 
 
 def test_dtypes_and_no_bias():

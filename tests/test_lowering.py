@@ -10,7 +10,8 @@ from jax import export
 
 import jaxconv
 from jaxconv import lowering
-from tests.helpers import assert_close, run_op, run_reference
+from tests.helpers import (assert_close, convolutions, negative_conv_pads,
+                           run_op, run_reference)
 
 
 def exported_text(platform, dtype=np.float32, fmt="NHWC", strides=(2, 2),
@@ -39,20 +40,6 @@ def exported_text(platform, dtype=np.float32, fmt="NHWC", strides=(2, 2),
           dimension_numbers=(fmt, "HWIO", fmt), feature_group_count=groups),
       jax.ShapeDtypeStruct(tuple(sizes), dtype), w)
   return export.export(jax.jit(f), platforms=[platform])(w, dy).mlir_module()
-
-
-def convolutions(text):
-  return [line for line in text.splitlines() if "stablehlo.convolution" in line]
-
-
-def negative_conv_pads(text):
-  """Negative padding amounts of every convolution in a module."""
-  pads = []
-  for conv in convolutions(text):
-    m = re.search(r"pad = \[((?:\[-?\d+, -?\d+\](?:, )?)+)\]", conv)
-    if m:
-      pads += [int(v) for v in re.findall(r"-?\d+", m.group(1)) if int(v) < 0]
-  return pads
 
 
 class CanonicalFormTest(parameterized.TestCase):

@@ -1,9 +1,10 @@
 """README's "Porting" examples run as written (one namespace, in order)."""
-import os
 import pathlib
 import re
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from tests.helpers import require
+
+require("flax", "keras", "tensorflow", "torch", "tf2jax")
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

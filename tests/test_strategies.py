@@ -14,9 +14,8 @@ from jaxconv.lowering import cpu, geometry, partners
 from jaxconv.lowering.cpu import grouped, subpixel_fused
 from tests import configs
 from tests.helpers import (assert_close, filter_gradient_route,
-                           reference_for_spec, run_op, run_reference,
+                           negative_conv_pads, reference_for_spec, run_op, run_reference,
                            spatial)
-from tests.test_lowering import negative_conv_pads
 
 import jaxconv
 from jaxconv import attrs

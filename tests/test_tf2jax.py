@@ -1,7 +1,10 @@
 """jaxconv.tf2jax against real TensorFlow (these tests run TF, no golden
 files): Keras 3 models, TF gradient graphs of first and second order, a
 SavedModel; the converted functions jit, grad and vmap."""
-from tests.integrations import assert_close, randn  # noqa: I001  (first: sets up Keras)
+from tests.helpers import assert_matches_peer, randn, require
+
+require("keras", "tensorflow", "tf2jax")
+
 import jax
 import jax.numpy as jnp
 import keras
@@ -22,7 +25,7 @@ def _check(tf_fn, *args):
   got = jax.tree_util.tree_leaves(got)
   assert len(got) == len(want)
   for i, (g, w) in enumerate(zip(got, want)):
-    assert_close(g, w, f"output {i}")
+    assert_matches_peer(g, w, f"output {i}")
   return jax_fn, params
 
 
@@ -73,11 +76,11 @@ def test_keras_transposed_conv_models(case):
   # The converted function also differentiates and batches.
   want = _tf_input_gradient(model, x)
   grad = jax.grad(lambda x: jnp.sum(jnp.sin(jax_fn(params, x)[0])))(x)
-  assert_close(grad, want, "d/dx")
+  assert_matches_peer(grad, want, "d/dx")
   xs = randn(3, 2, *shape)
   batched = jax.vmap(lambda x: jax_fn(params, x)[0])(xs)
   for i in range(3):
-    assert_close(batched[i], model(xs[i]), f"vmap {i}")
+    assert_matches_peer(batched[i], model(xs[i]), f"vmap {i}")
 
 
 def _tf_input_gradient(model, x):
@@ -214,11 +217,11 @@ def test_converted_gradient_graph_jits_grads_and_vmaps():
     tape.watch([x_t, w_t])
     loss = tf_fn(x_t, w_t)
   want = tape.gradient(loss, [x_t, w_t])
-  assert_close(dx, want[0], "dx")
-  assert_close(dw, want[1], "dw")
+  assert_matches_peer(dx, want[0], "dx")
+  assert_matches_peer(dw, want[1], "dw")
   ws = randn(3, *w_shape)
   batched = jax.vmap(jax_fn, in_axes=(None, 0))(x, ws)
-  assert_close(batched, [tf_fn(x, wi) for wi in ws], "vmap")
+  assert_matches_peer(batched, [tf_fn(x, wi) for wi in ws], "vmap")
 
 
 # --- SavedModel ----------------------------------------------------------
@@ -249,8 +252,8 @@ def test_saved_model_convert_from_restored(tmp_path):
   want = restored(x)
   jax_fn, params = bridge.convert_from_restored(restored.__call__)
   got, _ = jax.jit(jax_fn)(params, x)
-  assert_close(got[0], want[0], "z")
-  assert_close(got[1], want[1], "dx")
+  assert_matches_peer(got[0], want[0], "z")
+  assert_matches_peer(got[1], want[1], "dx")
 
 
 # --- errors --------------------------------------------------------------
@@ -312,7 +315,7 @@ def test_v2_ops_equal_their_counterparts_in_tf():
           input=x, filter_sizes=w.shape, out_backprop=dy, **window))):
     fn = tf.function(_v2_call(v2, window))
     jax_fn, params = bridge.convert(fn, x, w, dy)
-    assert_close(jax.jit(jax_fn)(params, x, w, dy)[0], want, v2.__name__)
+    assert_matches_peer(jax.jit(jax_fn)(params, x, w, dy)[0], want, v2.__name__)
 
 
 def _v2_call(op, window):
@@ -334,4 +337,4 @@ def test_v1_3d_ops_from_their_node_defs():
     node.attr["strides"].list.i.extend(window["strides"])
     node.attr["padding"].s = b"SAME"
     fn = bridge.converters.CONVERTERS[op](node)
-    assert_close(fn(x, w, dy), want, op)
+    assert_matches_peer(fn(x, w, dy), want, op)
