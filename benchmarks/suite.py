@@ -217,10 +217,9 @@ def build(case: Case, rng):
               args=args, x=x, w_np=w, dy_last=dy_last, strategies=strategies)
 
 
-def _spec(b):
+def _spec(b, primitive="conv_backprop_input"):
   eqns = jax.make_jaxpr(b["ours"])(*b["args"]).eqns
-  return next(e.params["spec"] for e in eqns
-              if e.primitive.name == "conv_backprop_input")
+  return next(e.params["spec"] for e in eqns if e.primitive.name == primitive)
 
 
 def add_strategies(case, b):
@@ -322,11 +321,9 @@ def run_case(case, reps, with_strategies, rng):
   times = interleaved_medians(b["cands"], reps)
   peers = [times[k] for k in ("tensorflow", "pytorch", "canonical") if k in times]
   best_peer = min(peers)
-  if case.op == "filter":
-    strategy, reason = "filter-grad", "lowering/cpu/__init__.py backprop_filter"
-  else:
-    strategy, reason = cpu.choose(_spec(b), case.filter, case.dtype,
-                                  case.input[0])
+  primitive = "backprop_filter" if case.op == "filter" else "backprop_input"
+  strategy, reason = cpu.choose(_spec(b, "conv_" + primitive), case.filter,
+                                case.dtype, case.input[0], primitive=primitive)
   return {
       "class": case.name, "strategy": strategy, "reason": reason,
       "ms": {k: v * 1e3 for k, v in times.items()},
