@@ -155,7 +155,6 @@ def _check(config, log) -> float:
   import jax
   import jax.numpy as jnp
   from jaxconv import reference
-  jax.config.update("jax_enable_x64", True)
   rng = np.random.default_rng(0)
   dtype = jnp.dtype(config.dtype)
   cast = (lambda a: np.rint(a * 4).astype(dtype)) if dtype == jnp.int32 else (
@@ -200,6 +199,12 @@ def main(argv=None) -> int:
                 f"{sorted(unknown)}; choose from cpu,cuda,rocm,tpu\n")
   if args.format == "serialized" and not args.output:
     parser.exit(2, "jaxconv: error: --format serialized needs -o/--output FILE\n")
+  import jax
+  with jax.enable_x64(args.dtype == "float64"):  # JAX's default mode else
+    return _export(args, parser, platforms)
+
+
+def _export(args, parser, platforms) -> int:
   from jaxconv.export import export_layer
   try:
     config = _validated(args)
@@ -230,9 +235,6 @@ def _validated(args):
   if args.dtype not in dtypes:
     raise TypeError(f"--dtype must be one of {', '.join(dtypes)} for "
                     f"{config.op}; got {args.dtype!r}")
-  import jax
-  if args.dtype == "float64":
-    jax.config.update("jax_enable_x64", True)
   if args.grad and args.dtype == "int32":
     raise TypeError("--grad: int32 has no gradient (as in TensorFlow)")
   if len(config.filter_sizes) != config.ndim + 2:

@@ -1,12 +1,22 @@
-"""Test-wide setup.  x64 is on for the whole suite (the reference is
-float64; the op takes float64 only with x64); the default mode users run
-is exercised through the CLI's subprocesses.  Keras runs on its TF
-backend for the integration tests, which need the optional extras
-(`tests.helpers.require`)."""
+"""Test-wide setup.  Tests run in JAX's default mode (x64 off: float32,
+int32); a test that needs float64 says so with `@pytest.mark.x64` (on the
+test, a parameter or a module) and runs inside `jax.enable_x64(True)`.
+Keras runs on its TF backend for the integration tests, which need the
+optional extras (`tests.helpers.require`)."""
 import os
 
 import jax
+import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True)
+def _x64_where_marked(request):
+  if request.node.get_closest_marker("x64") is None:
+    assert not jax.config.jax_enable_x64, "x64 leaked from an earlier test"
+    yield
+    return
+  with jax.enable_x64(True):
+    yield

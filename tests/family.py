@@ -328,9 +328,9 @@ def function(name):
 
 def resolve(kwargs, arrays, dtype, asarray=None, zeros=None):
   """kwargs with the placeholders replaced by arrays of `dtype` (made by
-  `asarray(array, dtype)` and `zeros(shape, dtype)`: JAX's by default)."""
-  import jax.numpy as jnp
-  asarray, zeros = asarray or jnp.asarray, zeros or jnp.zeros
+  `asarray(array, dtype)` and `zeros(shape, dtype)`: NumPy's by default,
+  which cost no compile per shape)."""
+  asarray, zeros = asarray or np.asarray, zeros or np.zeros
   out = {}
   for key, value in kwargs.items():
     if isinstance(value, str) and value.startswith("$"):

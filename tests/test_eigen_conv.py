@@ -120,6 +120,7 @@ def test_ynn_rule_matches_xla(lhs_shape, rhs_shape, pads, taken):
   assert (ynn_convolutions(plain, lhs, rhs) >= 1) == taken
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("strategy, strides, size, fshape", [
     ("subpixel", 1, 12, (3, 3, 24, 32)),  # dense stride 1: one phase

@@ -63,6 +63,7 @@ def _as_function(case):
   return f, [case.arrays[n] for n in names]
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_reference(name):
   for case in _cases(name, 12, seed=NAMES.index(name)):
@@ -78,6 +79,7 @@ def _lax_dimension_numbers(fmt):
   return (fmt, "DHW"[3 - n:] + "IO", fmt)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_jax_conv_vjp(name):
   # The VJP of lax.conv_general_dilated w.r.t. its input or its filter.
@@ -114,6 +116,7 @@ def test_matches_jax_conv_vjp(name):
                                atol=1e-11)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("name", NAMES)
 def test_check_grads_order_2(name):
   for case in _cases(name, 2, seed=200 + NAMES.index(name), dtype="float64",
@@ -122,6 +125,7 @@ def test_check_grads_order_2(name):
     check_grads(f, tensors, order=2, modes=["fwd", "rev"])
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
 @pytest.mark.parametrize("name", NAMES)
 def test_vmap_matches_loop(name, in_axes):

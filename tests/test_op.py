@@ -12,6 +12,7 @@ from tests.helpers import assert_close, run_op, run_reference
 RNG_CONFIGS = [configs.random_config(np.random.default_rng(i)) for i in range(160)]
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("i", range(len(RNG_CONFIGS)))
 def test_random_configs_match_reference(i):
   cfg = RNG_CONFIGS[i]
@@ -30,6 +31,7 @@ def test_random_configs_match_reference(i):
 class JaxVjpOracleTest(parameterized.TestCase):
   """Second oracle: the VJP of lax.conv_general_dilated w.r.t. its input."""
 
+  @pytest.mark.x64
   @parameterized.product(
       fmt=["NHWC", "NCHW"], stride=[1, 2, 3], dilation=[1, 2],
       padding=["SAME", "VALID", [(1, 4), (0, 2)]], groups=[1, 2])
@@ -62,6 +64,7 @@ class JaxVjpOracleTest(parameterized.TestCase):
 
 class SemanticsTest(parameterized.TestCase):
 
+  @pytest.mark.x64
   def test_sizes_conv_transpose_cannot_produce(self):
     # SAME, stride 2: input 7 -> o 4, but also 8 -> 4; lax.conv_transpose
     # would guess 8.
@@ -75,6 +78,7 @@ class SemanticsTest(parameterized.TestCase):
       self.assertEqual(out.shape, (1, size, size, 2))
       assert_close(out, run_reference(cfg, w, dy), "float64")
 
+  @pytest.mark.x64
   @parameterized.parameters("float16", "bfloat16", "float32", "float64", "int32")
   def test_output_dtype_is_input_dtype(self, dtype):
     w = np.ones((2, 2, 1, 1), dtype)

@@ -27,6 +27,7 @@ def fast(max_examples):
                   suppress_health_check=list(HealthCheck))
 
 
+@pytest.mark.x64
 @fast(60)
 @given(valid_configs())
 def test_property_valid_configs_match_reference(cfg):
@@ -39,6 +40,7 @@ def test_property_invalid_calls_raise_named_errors(case):
   fuzz.check_invalid(*case)
 
 
+@pytest.mark.x64
 @fast(60)
 @given(family_calls())
 def test_property_family_calls_match_reference(case):
@@ -122,6 +124,7 @@ class TfCrashRegressionTest(parameterized.TestCase):
     with self.assertRaises((ValueError, TypeError)):
       jaxconv.raw_ops.Conv2DBackpropInput(**{**GOOD, **overrides})
 
+  @pytest.mark.x64
   def test_xla_float64_simplifier_abort_found_by_fuzzing(self):
     # XLA CPU's algebraic simplifier aborts the process on this float64
     # lhs-dilated convolution; float64 never reaches a CPU convolution here.
@@ -290,6 +293,7 @@ class ResourceTest(parameterized.TestCase):
 class NonFiniteTest(parameterized.TestCase):
   """NaN and Inf propagate exactly as the sum over taps says."""
 
+  @pytest.mark.x64
   @parameterized.product(where=["out_backprop", "filter"],
                          value=[np.nan, np.inf, -np.inf],
                          dtype=["float32", "float64", "bfloat16"])
@@ -314,6 +318,7 @@ class NonFiniteTest(parameterized.TestCase):
 
 class DeterminismAndConcurrencyTest(parameterized.TestCase):
 
+  @pytest.mark.x64
   @parameterized.parameters("float32", "float64", "bfloat16", "int32")
   def test_repeated_calls_are_bit_identical(self, dtype):
     cfg = dict(input_sizes=[4, 33, 31, 16], strides=[1, 2, 2, 1],
@@ -328,6 +333,7 @@ class DeterminismAndConcurrencyTest(parameterized.TestCase):
       np.testing.assert_array_equal(np.asarray(f(w, dy)), first)
     np.testing.assert_array_equal(np.asarray(run_op(cfg, w, dy)), first)
 
+  @pytest.mark.x64
   def test_threads_with_different_shapes(self):
     cases = []
     for i in range(48):

@@ -68,12 +68,14 @@ def test_grad_configs_cover_every_class():
       "input_sizes"][3 if c["data_format"] == "NHWC" else 1])
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("i", range(len(GRAD_CONFIGS)))
 def test_check_grads_order_2(i):
   cfg = GRAD_CONFIGS[i]
   check_grads(_op(cfg), _operands(cfg), order=2, modes=["fwd", "rev"])
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("i", range(len(GRAD_CONFIGS)))
 def test_vjp_of_both_operands_against_reference(i, dtype):
@@ -99,6 +101,7 @@ class TransformsTest(parameterized.TestCase):
              dilations=[1, 1, 2, 1], dtype="float64",
              filter_shape=[3, 2, 2, 6], out_backprop_shape=[2, 5, 3, 6])
 
+  @pytest.mark.x64
   def test_jvp_is_bilinear(self):
     w, dy = _operands(self.CFG)
     tw, tdy = _operands(self.CFG, seed=5)
@@ -109,6 +112,7 @@ class TransformsTest(parameterized.TestCase):
         tan, run_reference(self.CFG, tw, dy) + run_reference(self.CFG, w, tdy),
         atol=1e-12)
 
+  @pytest.mark.x64
   def test_linearize_and_linear_transpose(self):
     w, dy = _operands(self.CFG)
     f = _op(self.CFG)
@@ -122,6 +126,7 @@ class TransformsTest(parameterized.TestCase):
     np.testing.assert_allclose(t_dy(ct)[0], want_dy, atol=1e-12)
     np.testing.assert_allclose(t_w(ct)[0], want_w, atol=1e-12)
 
+  @pytest.mark.x64
   def test_hessian(self):
     # The op is linear in w, so the Hessian of sum(sin(op(w, dy))) is
     # J^T diag(-sin(op(w, dy))) J, J the reference's matrix in w.
@@ -205,6 +210,7 @@ def _loop(f, in_axes, out_axes, w, dy):
   return jnp.stack(outs, axis=out_axes)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("i", range(len(BATCH_CONFIGS)))
 @pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0), (-1, 2),
                                      (2, -1), (None, -1), (3, None)])
@@ -235,6 +241,7 @@ class NestedBatchingTest(parameterized.TestCase):
     self.dy = rng.standard_normal((2, 3, *self.CFG["out_backprop_shape"]))
     self.f = _op(self.CFG)
 
+  @pytest.mark.x64
   def test_nested_vmaps(self):
     got = jax.vmap(jax.vmap(self.f, in_axes=(0, None)), in_axes=(None, 0))(
         self.w[0], self.dy[:, 0])
@@ -242,6 +249,7 @@ class NestedBatchingTest(parameterized.TestCase):
                                  for j in range(3)]) for i in range(2)])
     np.testing.assert_allclose(got, want, atol=1e-11)
 
+  @pytest.mark.x64
   def test_vmap_of_grad_and_grad_of_vmap(self):
     loss = lambda w, dy: jnp.sum(jnp.tanh(self.f(w, dy)))
     got = jax.vmap(jax.grad(loss, argnums=(0, 1)))(self.w[0], self.dy[0])
@@ -256,6 +264,7 @@ class NestedBatchingTest(parameterized.TestCase):
       for a, b in zip(got, want):
         np.testing.assert_allclose(a[j], b, atol=1e-11)
 
+  @pytest.mark.x64
   def test_batched_filter_is_one_grouped_call(self):
     jaxpr = jax.make_jaxpr(jax.vmap(self.f, in_axes=(0, 0)))(self.w[0], self.dy[0])
     prims = [e.primitive.name for e in jaxpr.eqns]
@@ -264,6 +273,7 @@ class NestedBatchingTest(parameterized.TestCase):
     self.assertNotIn("scan", prims)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("channels, groups, in_depth", [
     (4, 12, 1), (2, 6, 1),  # depthwise, C = 4 and 2: b * C groups
     (1, 1, 3),              # one channel, one group: stacked in-depth
@@ -292,6 +302,7 @@ def test_batched_filters_of_a_depthwise_op_stay_depthwise(channels, groups,
         ws[i], dy), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
 def test_batched_filters_of_a_grouped_op(fmt):
   # Filters batched alone, 2 groups of 2 channels: the in-depth stack with

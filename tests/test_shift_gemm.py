@@ -59,6 +59,7 @@ def _op(x, dy):
       out_backprop=dy, strides=[1, 1, 1, 1], padding="SAME")
 
 
+@pytest.mark.x64
 def test_cpu_rule_takes_it_for_dense_stride_1_layers(monkeypatch):
   """The dense stride-1 filter gradient lowers to dots in a scan over the
   images, with no convolution, and equals JAX's conv VJP (the size bound,

@@ -61,6 +61,7 @@ def _jit_forced(strategy, fn, *args):
   return out
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_exact_against_reference(strategy):
   cases = _configs_for(strategy, 40, seed=cpu.STRATEGIES["backprop_input"].index(strategy))
@@ -75,6 +76,7 @@ def test_exact_against_reference(strategy):
     assert_close(out, run_reference(cfg, w, dy), cfg["dtype"], (strategy, cfg))
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_generic_float_values(strategy):
   # Not only multiples of 1/8: float32 and float64 with generic values.
@@ -94,6 +96,7 @@ def test_generic_float_values(strategy):
       assert_close(out, run_reference(cfg, w, dy), dtype, (strategy, cfg))
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("ndim", [1, 3])
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_exact_in_1d_and_3d(strategy, ndim):
@@ -112,6 +115,7 @@ def test_exact_in_1d_and_3d(strategy, ndim):
     assert_close(out, reference_for_spec(w, dy, spec), dtype, (strategy, spec))
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 def test_gradients_in_1d_to_3d(ndim):
   # The partner convolutions (grouped ones split on CPU) are the reference
@@ -129,6 +133,7 @@ def test_gradients_in_1d_to_3d(ndim):
     np.testing.assert_allclose(np.vdot(w, ct_w), lhs, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
 def test_cpu_partners_match_the_standard_forms(dtype):
   # Grouped and depthwise partner convolutions on CPU (lowering/cpu/__init__.py) vs
@@ -244,6 +249,7 @@ def _conv_dims(text):
           re.findall(r"dim_numbers = \[([^\]]*)\]x", text)]
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("kernel, channels, dtype, want", [
     ((3, 3), (64, 64), np.float32, "eigen_rows"),  # one 1-D conv
     ((3, 4), (64, 64), np.float32, "eigen_rows"),
@@ -365,6 +371,7 @@ def test_grad_and_vmap_under_strategy(strategy):
   np.testing.assert_allclose(got_v, want_v, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.x64
 def test_forcing_falls_back_where_a_strategy_does_not_apply():
   op, w, dy = _layer("canonical")  # one group: depthwise cannot apply
   automatic = cpu.choose(_spec(op, w, dy), w.shape, np.float32, 2)[0]
@@ -578,6 +585,7 @@ def test_lowering_counts_the_batch():
     assert ("stablehlo.convolution" in text) == conv
 
 
+@pytest.mark.x64
 def test_gemm_when_each_phase_is_one_tap():
   # kernel == stride (the U-Net up-convolution): the col2im is a plain
   # depth-to-space of the GEMM's result (no sums); exact like the rest,
