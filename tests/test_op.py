@@ -28,10 +28,10 @@ def test_random_configs_match_reference(i):
                cfg["dtype"], cfg)
 
 
+@pytest.mark.x64  # absl's parameterized methods drop a method's mark
 class JaxVjpOracleTest(parameterized.TestCase):
   """Second oracle: the VJP of lax.conv_general_dilated w.r.t. its input."""
 
-  @pytest.mark.x64
   @parameterized.product(
       fmt=["NHWC", "NCHW"], stride=[1, 2, 3], dilation=[1, 2],
       padding=["SAME", "VALID", [(1, 4), (0, 2)]], groups=[1, 2])
@@ -62,9 +62,9 @@ class JaxVjpOracleTest(parameterized.TestCase):
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.x64  # absl's parameterized methods drop a method's mark
 class SemanticsTest(parameterized.TestCase):
 
-  @pytest.mark.x64
   def test_sizes_conv_transpose_cannot_produce(self):
     # SAME, stride 2: input 7 -> o 4, but also 8 -> 4; lax.conv_transpose
     # would guess 8.
@@ -78,7 +78,6 @@ class SemanticsTest(parameterized.TestCase):
       self.assertEqual(out.shape, (1, size, size, 2))
       assert_close(out, run_reference(cfg, w, dy), "float64")
 
-  @pytest.mark.x64
   @parameterized.parameters("float16", "bfloat16", "float32", "float64", "int32")
   def test_output_dtype_is_input_dtype(self, dtype):
     w = np.ones((2, 2, 1, 1), dtype)

@@ -290,10 +290,10 @@ class ResourceTest(parameterized.TestCase):
           padding="VALID")
 
 
+@pytest.mark.x64  # absl's parameterized methods drop a method's mark
 class NonFiniteTest(parameterized.TestCase):
   """NaN and Inf propagate exactly as the sum over taps says."""
 
-  @pytest.mark.x64
   @parameterized.product(where=["out_backprop", "filter"],
                          value=[np.nan, np.inf, -np.inf],
                          dtype=["float32", "float64", "bfloat16"])
@@ -316,9 +316,9 @@ class NonFiniteTest(parameterized.TestCase):
     assert_close(out[finite], ref[finite], dtype)
 
 
+@pytest.mark.x64  # absl's parameterized methods drop a method's mark
 class DeterminismAndConcurrencyTest(parameterized.TestCase):
 
-  @pytest.mark.x64
   @parameterized.parameters("float32", "float64", "bfloat16", "int32")
   def test_repeated_calls_are_bit_identical(self, dtype):
     cfg = dict(input_sizes=[4, 33, 31, 16], strides=[1, 2, 2, 1],
@@ -333,7 +333,6 @@ class DeterminismAndConcurrencyTest(parameterized.TestCase):
       np.testing.assert_array_equal(np.asarray(f(w, dy)), first)
     np.testing.assert_array_equal(np.asarray(run_op(cfg, w, dy)), first)
 
-  @pytest.mark.x64
   def test_threads_with_different_shapes(self):
     cases = []
     for i in range(48):
@@ -346,7 +345,8 @@ class DeterminismAndConcurrencyTest(parameterized.TestCase):
       cfg, w, dy = case
       key = repr(cfg)
       f = jitted.setdefault(key, jax.jit(lambda w, dy, cfg=cfg: run_op(cfg, w, dy)))
-      out = f(w, dy)
+      with jax.enable_x64(True):  # a thread-local setting: each thread's own
+        out = f(w, dy)
       return assert_close(out, run_reference(cfg, w, dy), cfg["dtype"], cfg)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
