@@ -16,7 +16,7 @@ matmul of the same useful FLOPs (the machine's practical limit).  Medians
 over interleaved repetitions in one process; useful GFLOP/s; ratio of
 jaxconv to the best peer (TF, PyTorch, canonical); compile times; peak
 memory from XLA's memory analysis.  --strategies also times every CPU
-strategy that applies (how lowering/cpu/__init__.py's rules were chosen).  The
+strategy that applies (how the rules of lowering/cpu/tables.py were chosen).  The
 process re-executes itself once with glibc's malloc thresholds pinned and
 warms up on the first class, so that every candidate runs at its steady
 state (benchmarks/timing.py says why).
