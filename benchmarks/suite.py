@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import pathlib
@@ -419,6 +420,10 @@ def main(argv=None):
     results.append(r)
     print_row(r)
   (out / "suite.json").write_text(json.dumps(results, indent=2))
+  if importlib.util.find_spec("matplotlib") is None:
+    progress(f"wrote {out / 'suite.json'}; no chart: matplotlib is missing "
+             "(pip install -e '.[bench]')")
+    return
   chart(results, out / "suite.png")
   progress(f"wrote {out / 'suite.json'} and {out / 'suite.png'}")
 
