@@ -341,6 +341,25 @@ def resolve(kwargs, arrays, dtype, asarray=None, zeros=None):
   return out
 
 
+def tensor_names(case):
+  """The names of a case's tensor placeholders, in argument order."""
+  return [v[1:] for v in case.kwargs.values()
+          if isinstance(v, str) and v.startswith("$")]
+
+
+def as_function(case, kwargs=None):
+  """(f(*tensors), tensors) for a case (or for `kwargs`, the case's with
+  other attributes): its placeholders become arguments."""
+  names, kwargs = tensor_names(case), kwargs or case.kwargs
+
+  def f(*tensors):
+    arrays = dict(zip(names, tensors))
+    kw = {k: (arrays[v[1:]] if isinstance(v, str) and v.startswith("$") else
+              v) for k, v in kwargs.items()}
+    return function(case.fn)(**resolve(kw, {}, tensors[0].dtype))
+  return f, [case.arrays[n] for n in names]
+
+
 def run(name, kwargs, arrays, dtype):
   return function(name)(**resolve(kwargs, arrays, dtype))
 

@@ -38,18 +38,11 @@ def test_float32_in_float32_out_int32_sizes(name):
   want = family.reference_result(case.cfg, case.kwargs, case.arrays)
   assert_close(out, want, "float32", (name, case.cfg))
 
-  names = [v[1:] for v in case.kwargs.values()
-           if isinstance(v, str) and v.startswith("$")]
-
-  def f(*tensors):
-    arrays = dict(zip(names, tensors))
-    return family.function(case.fn)(**family.resolve(
-        kwargs, arrays, jnp.float32, asarray=lambda a, d: a))
-
-  tensors = [jnp.asarray(case.arrays[n], jnp.float32) for n in names]
+  f, tensors = family.as_function(case, kwargs)
+  tensors = [jnp.asarray(t, jnp.float32) for t in tensors]
   text = jax.jit(f).lower(*tensors).as_text()
   assert re.search(r"tensor<[\dx]*f32>", text), name
   assert not re.search(r"tensor<[\dx?]*[fi]64>", text), name  # no 64-bit value
-  grads = jax.grad(lambda *t: f(*t).sum(), argnums=tuple(range(len(names))))(
+  grads = jax.grad(lambda *t: f(*t).sum(), argnums=tuple(range(len(tensors))))(
       *tensors)
-  assert [g.dtype for g in grads] == [jnp.float32] * len(names)
+  assert [g.dtype for g in grads] == [jnp.float32] * len(tensors)

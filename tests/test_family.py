@@ -45,24 +45,6 @@ def _cases(name, count, seed, dtype=None, nonempty=False, batch=None):
   return out
 
 
-def _tensor_names(case):
-  return [v[1:] for v in case.kwargs.values()
-          if isinstance(v, str) and v.startswith("$")]
-
-
-def _as_function(case):
-  """(f(*tensors), tensors) for a case: its placeholders become arguments."""
-  names = _tensor_names(case)
-
-  def f(*tensors):
-    arrays = dict(zip(names, tensors))
-    kw = {k: (arrays[v[1:]] if isinstance(v, str) and v.startswith("$") else
-              v) for k, v in case.kwargs.items()}
-    kw = family.resolve(kw, {}, tensors[0].dtype)
-    return family.function(case.fn)(**kw)
-  return f, [case.arrays[n] for n in names]
-
-
 @pytest.mark.x64
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_reference(name):
@@ -121,7 +103,7 @@ def test_matches_jax_conv_vjp(name):
 def test_check_grads_order_2(name):
   for case in _cases(name, 2, seed=200 + NAMES.index(name), dtype="float64",
                      nonempty=True):
-    f, tensors = _as_function(case)
+    f, tensors = family.as_function(case)
     check_grads(f, tensors, order=2, modes=["fwd", "rev"])
 
 
@@ -131,7 +113,7 @@ def test_check_grads_order_2(name):
 def test_vmap_matches_loop(name, in_axes):
   case, = _cases(name, 1, seed=300 + NAMES.index(name), dtype="float64",
                  nonempty=True)
-  f, tensors = _as_function(case)
+  f, tensors = family.as_function(case)
   rng = np.random.default_rng(1)
   stacked = [np.stack([t + rng.standard_normal(t.shape) for _ in range(3)])
              if ax == 0 else t for t, ax in zip(tensors, in_axes)]
@@ -144,7 +126,7 @@ def test_vmap_matches_loop(name, in_axes):
 def _symbolic_batch_function(case, b):
   """(f, abstract args, arrays (3 images), which args are batched) for a
   case with batch `b`."""
-  names = _tensor_names(case)
+  names = family.tensor_names(case)
   zeros = {k: v["$zeros"] for k, v in case.kwargs.items()
            if isinstance(v, dict)}
 
@@ -181,7 +163,7 @@ def test_symbolic_batch_export_round_trip_in_a_fresh_process(tmp_path):
                    batch=True)
     f, args, arrays, flags = _symbolic_batch_function(case, b)
     exp = export.export(jax.jit(f), platforms=["cpu"])(*args)
-    assert str(exp.in_avals[_tensor_names(case).index("dy")].shape[0]) == "b"
+    assert str(exp.in_avals[family.tensor_names(case).index("dy")].shape[0]) == "b"
     path = tmp_path / f"{name}.bin"
     path.write_bytes(exp.serialize())
     inputs = {f"arg{i}": a for i, a in enumerate(arrays)}
@@ -237,7 +219,7 @@ def test_gradients_stay_in_the_family(name):
   # turn into a slow window-reversed one.
   case, = _cases(name, 1, seed=500 + NAMES.index(name), dtype="float32",
                  nonempty=True)
-  f, tensors = _as_function(case)
+  f, tensors = family.as_function(case)
   argnums = tuple(range(len(tensors)))
   g1 = jax.grad(lambda *t: jnp.sum(jnp.sin(f(*t))), argnums=argnums)
   g2 = jax.grad(lambda *t: sum(jnp.sum(g ** 2) for g in g1(*t)),
