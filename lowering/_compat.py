@@ -4,20 +4,40 @@ JAX exposes no public StableHLO op builders; jaxlib ships the MLIR Python
 bindings of the StableHLO dialect, which JAX itself uses.  Lowering under
 explicit sharding (sharding in types) needs the rule context's avals
 rewritten and the result's sharding attached, as JAX's own rules do.
-Checked with jax/jaxlib 0.10.x (the range pyproject.toml declares).
+Each difference between the supported JAX releases (pyproject.toml's range,
+tested at both ends) is absorbed here, next to the release that needs it.
 """
+import inspect
+import re
+
+import jaxlib
 from jax.extend.mlir import lower_with_sharding_in_types
 from jax.interpreters import mlir
 from jax.sharding import (AxisType, NamedSharding, PartitionSpec,
                           use_abstract_mesh)
 from jaxlib.mlir.dialects import stablehlo as hlo
 
-__all__ = ["hlo", "ir_type", "finish", "lower_fun"]
+__all__ = ["hlo", "ir_type", "finish", "lower_fun",
+           "XLA_CPU_YNN_CONVOLUTIONS"]
+
+_JAXLIB = tuple(int(v) for v in re.findall(r"\d+", jaxlib.__version__)[:3])
+
+# jaxlib < 0.10.1: XLA CPU runs every convolution on Eigen; since, it hands
+# wide float32 2-D ones to YNNPACK (lowering/cpu/eigen_conv.py steers them
+# back where Eigen is faster).
+XLA_CPU_YNN_CONVOLUTIONS = _JAXLIB >= (0, 10, 1)
+
+
+# jax < 0.10.1: aval_to_ir_type(aval); since: aval_to_ir_type(module_ctx, aval).
+_IR_TYPE_TAKES_CONTEXT = len(
+    inspect.signature(mlir.aval_to_ir_type).parameters) == 2
 
 
 def ir_type(ctx, aval):
   """The MLIR tensor type of `aval` (symbolic dims become dynamic)."""
-  return mlir.aval_to_ir_type(ctx.module_context, aval)
+  if _IR_TYPE_TAKES_CONTEXT:
+    return mlir.aval_to_ir_type(ctx.module_context, aval)
+  return mlir.aval_to_ir_type(aval)
 
 
 def finish(ctx, value, aval):

@@ -9,7 +9,7 @@ from jax import export, lax
 
 import jaxconv
 from jaxconv import lowering
-from jaxconv.lowering import cpu, geometry, partners
+from jaxconv.lowering import _compat, cpu, geometry, partners
 from jaxconv.lowering.cpu import eigen_conv
 from tests import configs
 from tests.helpers import assert_filter_gradient_matches
@@ -21,6 +21,16 @@ def ynn_convolutions(fn, *args):
   bodies = dict(re.findall(r"^(%\S+) \([^\n]*\{\n(.*?)^\}", text, re.M | re.S))
   fused = re.findall(r'calls=(%[^,\s]+).*"kind":"__ynn_fusion"', text)
   return sum("convolution(" in bodies[name] for name in fused)
+
+
+# Whether this jaxlib's XLA CPU has YNNPACK convolutions at all (the premise
+# of the tests that compile); the rule's own tests hold it on.
+YNN = _compat.XLA_CPU_YNN_CONVOLUTIONS
+
+
+@pytest.fixture
+def ynn_rule(monkeypatch):
+  monkeypatch.setattr(_compat, "XLA_CPU_YNN_CONVOLUTIONS", True)
 
 
 def _case(rng, channels_last):
@@ -40,7 +50,7 @@ def _case(rng, channels_last):
 
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("strides", [(1, 1), (2, 1)])
-def test_same_result_as_lax(channels_last, strides):
+def test_same_result_as_lax(channels_last, strides, ynn_rule):
   rng = np.random.default_rng(0)
   changed = 0
   for _ in range(12):
@@ -59,7 +69,8 @@ def test_same_result_as_lax(channels_last, strides):
   assert changed > 0 if strides == (1, 1) else changed == 0
 
 
-def test_what_passes_through():
+def test_what_passes_through(monkeypatch):
+  monkeypatch.setattr(_compat, "XLA_CPU_YNN_CONVOLUTIONS", True)
   lhs = jnp.zeros((1, 8, 8, 16), np.float32)
   narrow = jnp.zeros((3, 3, 16, 16), np.float32)
   wide = jnp.zeros((3, 3, 16, 17), np.float32)
@@ -82,10 +93,13 @@ def test_what_passes_through():
       a, b, (2, 2), same, rhs_dilation=(1, 1), dimension_numbers=dn))
   text = strided.lower(lhs, wide).as_text()
   assert "stablehlo.slice" not in text
+  # A jaxlib without YNNPACK convolutions: nothing is taken.
+  monkeypatch.setattr(_compat, "XLA_CPU_YNN_CONVOLUTIONS", False)
+  assert not taken(lhs, wide)
 
 
 @pytest.mark.parametrize("rows, extra", [(4, True), (3, False)])
-def test_one_extra_row_up_to_a_quarter_more_work(rows, extra):
+def test_one_extra_row_up_to_a_quarter_more_work(rows, extra, ynn_rule):
   """4 output rows take one more (a quarter more work), 3 do not; the
   convolution computes exactly one extra row, sliced off."""
   lhs = jnp.zeros((1, rows, 8, 17), np.float32)
@@ -111,6 +125,7 @@ def test_one_extra_row_up_to_a_quarter_more_work(rows, extra):
 ])
 def test_ynn_rule_matches_xla(lhs_shape, rhs_shape, pads, taken):
   """_ynn_would_take says what XLA CPU does with the plain convolution."""
+  taken = taken and YNN
   lhs, rhs = jnp.zeros(lhs_shape, np.float32), jnp.zeros(rhs_shape, np.float32)
   dn = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
   assert eigen_conv._ynn_would_take(lhs, rhs, (1, 1), pads, (1, 1),
@@ -158,12 +173,14 @@ def test_cpu_op_and_gradient_use_no_ynn_convolution(
         jax.jit(jax.grad(loss, 1))(w, dy),
         jax.grad(lambda w, dy: jnp.sum(ref(w, dy) ** 2), 1)(w64, dy64),
         rtol=1e-4, atol=1e-3)
-  # The premise: left as they are, XLA CPU gives them to YNNPACK.
+  # The premise: left as they are, XLA CPU gives them to YNNPACK (where
+  # this jaxlib has YNNPACK convolutions).
   monkeypatch.setattr(eigen_conv, "_ynn_would_take", lambda *args: False)
   with lowering.force_strategy(strategy):
-    assert ynn_convolutions(lambda w, dy: op(w, dy), w, dy) >= 1
+    assert (ynn_convolutions(lambda w, dy: op(w, dy), w, dy) >= 1) == YNN
   if strides == 1:
-    assert ynn_convolutions(jax.grad(lambda w, dy: loss(w, dy), 1), w, dy) >= 1
+    assert (ynn_convolutions(jax.grad(lambda w, dy: loss(w, dy), 1), w, dy)
+            >= 1) == YNN
 
 
 def test_filter_gradient_as_one_1d_convolution_matches_the_standard_form():
@@ -186,7 +203,7 @@ def test_cpu_filter_gradient_runs_on_eigen_with_a_symbolic_batch():
   fn = lambda a, b: cpu.backprop_filter(a, b, spec=spec, kernel=kernel)
   standard = lambda a, b: partners.backprop_filter(a, b, spec=spec,
                                                    kernel=kernel)
-  assert ynn_convolutions(standard, x, dy) == 1  # the premise
+  assert ynn_convolutions(standard, x, dy) == YNN  # the premise
   assert ynn_convolutions(fn, x, dy) == 0
   b, = export.symbolic_shape("b")
   exp = export.export(jax.jit(fn), platforms=["cpu"])(

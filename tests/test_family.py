@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import export
-from jax.extend import core as jax_core
 from jax.test_util import check_grads
 
 from jaxconv import reference
@@ -203,12 +202,15 @@ FAMILY = {"conv_backprop_input", "conv_forward", "conv_backprop_filter"}
 
 
 def _primitives(jaxpr):
-  """Names of every primitive in a closed jaxpr, sub-jaxprs included."""
+  """Names of every primitive in a (closed) jaxpr, sub-jaxprs included (a
+  param holding a jaxpr or a sequence of them: cond's branches, pjit's)."""
   names = set()
   for eqn in jaxpr.eqns:
     names.add(eqn.primitive.name)
-    for sub in jax_core.jaxprs_in_params(eqn.params):
-      names |= _primitives(sub)
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if hasattr(sub, "eqns"):
+          names |= _primitives(sub)
   return names
 
 

@@ -1,11 +1,12 @@
 """Convolutions in the forms XLA CPU runs on its Eigen kernel.
 
-XLA CPU (jax 0.10) hands a 2-D float32 convolution with more than 16
-channels to YNNPACK unless, along some spatial dim, its output is larger
-than its input (or its kernel, which sends it to a slow loop instead);
-those, and 1-D convolutions, it runs on Eigen's multi-threaded
-convolution, which measured faster here on every layer (benchmarks/
-README.md, 'Why each CPU rule': Eigen).  So:
+XLA CPU (from jaxlib 0.10.1: `_compat.XLA_CPU_YNN_CONVOLUTIONS`) hands a
+2-D float32 convolution with more than 16 channels to YNNPACK unless,
+along some spatial dim, its output is larger than its input (or its
+kernel, which sends it to a slow loop instead); those, and 1-D
+convolutions, it runs on Eigen's multi-threaded convolution, which
+measured faster here on every layer (benchmarks/README.md, 'Why each CPU
+rule': Eigen).  So:
 - `conv`: a stride-1 convolution YNNPACK would take computes one more
   output row (one more pad at the end of its first spatial dim) and drops
   it: 1/H more work, at most a quarter.  Strided ones have no cheap way
@@ -25,6 +26,7 @@ import numpy as np
 import jax.numpy as jnp
 from jax import lax
 
+from .. import _compat
 from ..geometry import ConvSpec, forward_output_size
 from ..index import pad_zeros, window
 
@@ -34,8 +36,10 @@ _MAX_EXTRA_WORK = 0.25  # beyond this, leave the convolution to YNNPACK
 
 def _ynn_would_take(lhs, rhs, window_strides, padding, rhs_dilation,
                     dimension_numbers) -> bool:
+  """Whether this jaxlib's XLA CPU gives the convolution to YNNPACK."""
   lhs_spec, rhs_spec, _ = dimension_numbers
-  if len(padding) != 2 or lhs.dtype != np.float32:
+  if (not _compat.XLA_CPU_YNN_CONVOLUTIONS or len(padding) != 2
+      or lhs.dtype != np.float32):
     return False
   if max(lhs.shape[lhs_spec[1]], rhs.shape[rhs_spec[0]]) <= _YNN_MAX_CHANNELS:
     return False

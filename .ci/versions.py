@@ -1,0 +1,22 @@
+"""CI: the versions a leg tested, and any integration it lacks, by name."""
+import importlib.metadata as md
+import platform
+
+CORE = ["jax", "jaxlib", "numpy"]
+INTEGRATIONS = ["tensorflow", "tf2jax", "flax", "keras", "torch"]
+
+
+def version(dist):
+  try:
+    return md.version(dist)
+  except md.PackageNotFoundError:
+    return None
+
+
+missing = [d for d in INTEGRATIONS if version(d) is None]
+print(f"tested: Python {platform.python_version()}, "
+      + ", ".join(f"{d} {version(d)}" for d in CORE + INTEGRATIONS
+                  if version(d)))
+if missing:
+  print(f"NOT INSTALLED on this leg: {', '.join(missing)} "
+        "(their tests fail under JAXCONV_REQUIRE_EXTRAS=1)")
