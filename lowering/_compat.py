@@ -17,8 +17,10 @@ from jax.sharding import (AxisType, NamedSharding, PartitionSpec,
                           use_abstract_mesh)
 from jaxlib.mlir.dialects import stablehlo as hlo
 
-__all__ = ["hlo", "ir_type", "finish", "lower_fun",
-           "XLA_CPU_YNN_CONVOLUTIONS"]
+from . import index
+
+__all__ = ["hlo", "ir_type", "finish", "lower_fun", "varying_axes",
+           "batch_split", "XLA_CPU_YNN_CONVOLUTIONS"]
 
 _JAXLIB = tuple(int(v) for v in re.findall(r"\d+", jaxlib.__version__)[:3])
 
@@ -31,6 +33,31 @@ XLA_CPU_YNN_CONVOLUTIONS = _JAXLIB >= (0, 10, 1)
 # jax < 0.10.1: aval_to_ir_type(aval); since: aval_to_ir_type(module_ctx, aval).
 _IR_TYPE_TAKES_CONTEXT = len(
     inspect.signature(mlir.aval_to_ir_type).parameters) == 2
+
+
+def varying_axes(aval) -> frozenset:
+  """The manual (shard_map) axes a value varies over."""
+  # jax < 0.10: aval.vma; since: aval.mat.varying (its manual axis type).
+  mat = getattr(aval, "mat", None)
+  return mat.varying if mat is not None else aval.vma
+
+
+def batch_split(ctx) -> int:
+  """How many ways a rule's batch (dim 0 of its activations) is split over
+  devices, as far as lowering can know: by the operands' explicit axes
+  where sharding is in their types; else, under jit over n devices (Auto
+  axes: XLA partitions after lowering), n ways, the data-parallel case;
+  inside shard_map, 1 (its avals are one device's already)."""
+  typed = [a for a in ctx.avals_in
+           if isinstance(getattr(a, "sharding", None), NamedSharding)
+           and a.sharding.mesh.explicit_axes]
+  if typed:
+    return max(a.shape[0] // a.sharding.shard_shape(a.shape)[0]
+               if a.shape and index.is_static(a.shape[0]) and a.shape[0]
+               else 1 for a in typed)
+  # jit: a ShardingContext with num_devices; shard_map: SPMDAxisContext
+  # (none). The same on jax 0.9.1 to 0.12.
+  return getattr(ctx.module_context.axis_context, "num_devices", 1)
 
 
 def ir_type(ctx, aval):
@@ -57,14 +84,15 @@ def lower_fun(fn):
                  if isinstance(getattr(a, "sharding", None), NamedSharding)
                  and a.sharding.mesh.explicit_axes), None)
     if mesh is None:
-      return lowered(ctx, *args, **params)
+      with index.batch_split(batch_split(ctx)):
+        return lowered(ctx, *args, **params)
     auto = mesh.update_axis_types(
         {a: AxisType.Auto for a in mesh.explicit_axes})
     untyped = NamedSharding(auto, PartitionSpec())
     inner = ctx.replace(
         avals_in=[a.update(sharding=untyped) for a in ctx.avals_in],
         avals_out=[a.update(sharding=untyped) for a in ctx.avals_out])
-    with use_abstract_mesh(auto):
+    with use_abstract_mesh(auto), index.batch_split(batch_split(ctx)):
       out, = lowered(inner, *args, **params)
     return [finish(ctx, out, ctx.avals_out[0])]
   return rule

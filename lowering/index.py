@@ -3,9 +3,12 @@
     window(x, {axis: (start, count, stride)})  the positions a tap sees
     pad_zeros(x, {axis: (lo, hi[, interior])})  zero padding (negative: crop)
     is_static(d), images(batch), any_empty(*shapes)
+    batch_split(n)  a block whose images(batch) counts one device's images
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -17,9 +20,25 @@ def is_static(d) -> bool:
   return isinstance(d, (int, np.integer))
 
 
+_split: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "jaxconv_batch_split", default=1)
+
+
+@contextlib.contextmanager
+def batch_split(n: int):
+  """Inside: the batch is split `n` ways over devices (set by the lowering
+  rules from what they know of the sharding: lowering/_compat.py)."""
+  token = _split.set(max(1, int(n)))
+  try:
+    yield
+  finally:
+    _split.reset(token)
+
+
 def images(batch) -> int:
-  """Images per call for the CPU rules: a symbolic batch counts as one."""
-  return int(batch) if is_static(batch) else 1
+  """Images per call on one device, for the CPU rules: the batch over its
+  split (see `batch_split`); a symbolic batch counts as one."""
+  return -(-int(batch) // _split.get()) if is_static(batch) else 1
 
 
 def any_empty(*shapes) -> bool:

@@ -19,7 +19,7 @@ from jaxconv.lowering.geometry import ConvSpec
 from jaxconv.primitives import backprop_input, forward
 from jaxconv.primitives.common import (batch_via_lax, def_eager_impl, guarded,
                                        register_partner_lowerings, typed,
-                                       typed_batching)
+                                       typed_batching, vary_alike)
 
 conv_backprop_filter_p = Primitive("conv_backprop_filter")
 
@@ -28,7 +28,7 @@ def conv_backprop_filter(x, dy, spec: ConvSpec, kernel: tuple[int, ...],
                          out_sharding=None):
   """Bind the primitive."""
   return conv_backprop_filter_p.bind(
-      x, dy, spec=spec, kernel=tuple(kernel),
+      *vary_alike(x, dy), spec=spec, kernel=tuple(kernel),
       out_sharding=sharding.as_named(out_sharding))
 
 
@@ -61,7 +61,7 @@ def _sharding_rule(x, dy, spec: ConvSpec, out_sharding=None, kernel=None):
 
 
 def _abstract_eval(x, dy, *, spec: ConvSpec, kernel, out_sharding=None):
-  return typed(_shape_rule(x, dy, spec=spec, kernel=kernel), x.dtype,
+  return typed(x, _shape_rule(x, dy, spec=spec, kernel=kernel), x.dtype,
                _sharding_rule(x, dy, spec, out_sharding))
 
 

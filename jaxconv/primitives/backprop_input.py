@@ -19,8 +19,9 @@ from jax.interpreters import ad, batching, mlir
 from jaxconv import lowering, sharding
 from jaxconv.lowering.geometry import ConvSpec, effective_size
 from jaxconv.primitives import backprop_filter, forward
-from jaxconv.primitives.common import (SUPPORTED_DTYPES, check_allocatable,
-                                       def_eager_impl, typed, typed_batching)
+from jaxconv.primitives.common import (SUPPORTED_DTYPES, check_fits,
+                                       check_representable, def_eager_impl,
+                                       typed, typed_batching, vary_alike)
 
 conv_backprop_input_p = Primitive("conv_backprop_input")
 
@@ -28,7 +29,7 @@ conv_backprop_input_p = Primitive("conv_backprop_input")
 def conv_backprop_input(filt, out_backprop, spec: ConvSpec, out_sharding=None):
   """Bind the primitive (inputs already validated by jaxconv.core)."""
   return conv_backprop_input_p.bind(
-      filt, out_backprop, spec=spec,
+      *vary_alike(filt, out_backprop), spec=spec,
       out_sharding=sharding.as_named(out_sharding))
 
 
@@ -123,8 +124,26 @@ def _sharding_rule(filt, dy, spec: ConvSpec, out_sharding=None):
 def _abstract_eval(filt, dy, *, spec: ConvSpec, out_sharding=None):
   dtype = _dtype_rule(filt, dy)
   shape = _shape_rule(filt, dy, spec)
-  check_allocatable(shape, dtype)
-  return typed(shape, dtype, _sharding_rule(filt, dy, spec, out_sharding))
+  check_representable(shape, dtype)
+  return typed(dy, shape, dtype, _sharding_rule(filt, dy, spec, out_sharding))
+
+
+def _check_eager(filt, dy, *, spec: ConvSpec, out_sharding=None):
+  """An eager call's result, per shard, fits the devices that hold it: the
+  batch split as out_backprop's, the channels as the filter's in-depth (or
+  as out_sharding says)."""
+  shape = _shape_rule(filt, dy, spec)
+  if out_sharding is not None and hasattr(out_sharding, "shard_shape"):
+    shard = out_sharding.shard_shape(shape)
+  else:
+    shard = list(shape)
+    for operand, axis, result_axis in ((dy, 0, 0),
+                                       (filt, spec.ndim, spec.feature_axis)):
+      if isinstance(operand, jax.Array) and operand.shape[axis]:
+        parts = (operand.shape[axis]
+                 // operand.sharding.shard_shape(operand.shape)[axis])
+        shard[result_axis] = -(-shard[result_axis] // parts)
+  check_fits(shape, filt.dtype, (filt, dy), shard)
 
 
 # --- transposes (a cotangent is typed like its primal) ---------------------
@@ -210,7 +229,7 @@ def _lowering(rule):
 # --- registration ------------------------------------------------------------
 
 conv_backprop_input_p.def_abstract_eval(_abstract_eval)
-def_eager_impl(conv_backprop_input_p)
+def_eager_impl(conv_backprop_input_p, _check_eager)
 ad.defbilinear(conv_backprop_input_p, _transpose_filter,
                _transpose_out_backprop)
 batching.primitive_batchers[conv_backprop_input_p] = _batch

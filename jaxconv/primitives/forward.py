@@ -17,14 +17,14 @@ from jaxconv.lowering.geometry import ConvSpec
 from jaxconv.primitives import backprop_filter, backprop_input
 from jaxconv.primitives.common import (batch_via_lax, def_eager_impl, guarded,
                                        register_partner_lowerings, typed,
-                                       typed_batching)
+                                       typed_batching, vary_alike)
 
 conv_forward_p = Primitive("conv_forward")
 
 
 def conv_forward(x, filt, spec: ConvSpec, out_sharding=None):
   """Bind the primitive."""
-  return conv_forward_p.bind(x, filt, spec=spec,
+  return conv_forward_p.bind(*vary_alike(x, filt), spec=spec,
                              out_sharding=sharding.as_named(out_sharding))
 
 
@@ -52,7 +52,7 @@ def _sharding_rule(x, filt, spec: ConvSpec, out_sharding=None):
 
 
 def _abstract_eval(x, filt, *, spec: ConvSpec, out_sharding=None):
-  return typed(_shape_rule(x, filt, spec=spec), x.dtype,
+  return typed(x, _shape_rule(x, filt, spec=spec), x.dtype,
                _sharding_rule(x, filt, spec, out_sharding))
 
 

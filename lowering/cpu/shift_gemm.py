@@ -162,7 +162,9 @@ def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
     dy = jnp.moveaxis(dy, 1, -1)
   plan = _plan(spec, kernel, dy.shape[1:-1])
   c, co = x.shape[spec.feature_axis], dy.shape[-1]
-  zeros = [jnp.zeros((kernel[-1] * c, co), x.dtype)] * len(plan.leads)
+  # Shaped like x's values (inside shard_map: varying as x does, as a scan
+  # carry must).
+  zeros = [jnp.zeros_like(x, shape=(kernel[-1] * c, co))] * len(plan.leads)
   sums = _over_images(plan, x, dy, zeros)
   # Each product holds the KW taps of its leading tap.
   grads = {(*lead, kw): g for lead, r in zip(plan.leads, sums)
