@@ -254,6 +254,31 @@ def strategy_per_device(mesh):
   return out
 
 
+def every_function(mesh):
+  """Every function of the family (one drawn float32 call each, the same on
+  every process) and its gradient, jitted over every device."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import PartitionSpec as P
+  from tests import family
+  out = {}
+  for i, name in enumerate(sorted(family.OPS)):
+    rng = np.random.default_rng(700 + i)
+    while True:
+      case = family.OPS[name][1](rng)
+      if case.arrays and all(a.size for a in case.arrays.values()):
+        break
+    case.cfg["dtype"] = "float32"
+    case.arrays = {k: v.astype(np.float32) for k, v in case.arrays.items()}
+    f, tensors = family.as_function(case)
+    tensors = [global_array(mesh, P(), t) for t in tensors]
+    grad = jax.grad(lambda *t: jnp.sum(jnp.sin(f(*t))),
+                    argnums=tuple(range(len(tensors))))
+    value, grads = jax.jit(f)(*tensors), jax.jit(grad)(*tensors)
+    out[name] = _lists(gathered({"value": value, "grads": list(grads)}))
+  return out
+
+
 def process_spanning_grid():
   """The devices as a 2 x (n / 2) grid whose second ("model") axis spans
   the processes: grid[:, j] holds consecutive processes' devices (every
@@ -279,7 +304,8 @@ PATTERNS = {"data_parallel_auto": (data_parallel_auto, _data_mesh),
             "vmap_and_export": (vmap_and_export, _data_mesh),
             "channel_parallel_auto": (channel_parallel_auto, _channel_mesh),
             "eager_memory_check": (eager_memory_check, _data_mesh),
-            "strategy_per_device": (strategy_per_device, _data_mesh)}
+            "strategy_per_device": (strategy_per_device, _data_mesh),
+            "every_function": (every_function, _data_mesh)}
 
 
 def main():

@@ -131,6 +131,19 @@ def test_vmap_and_export_across_processes(two, single):
                                    rtol=1e-4, atol=1e-6)
 
 
+def test_every_function_and_its_gradient_across_processes(two, single):
+  from tests import family
+  want = single["every_function"]
+  assert set(want) == set(family.OPS)
+  for summary in two:
+    for name, result in summary["every_function"].items():
+      np.testing.assert_allclose(result["value"], want[name]["value"],
+                                 rtol=1e-5, atol=1e-6, err_msg=name)
+      for got, expected in zip(result["grads"], want[name]["grads"]):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
 def test_shard_map_gradients_are_summed_over_the_devices(single):
   """A replicated filter inside shard_map varies with the per-device
   out_backprop: its gradient is the sum over devices, as for lax's own
