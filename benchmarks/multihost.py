@@ -47,27 +47,33 @@ def batch(n: int, seed: int = 1):
   return z, y
 
 
-def decoder(params, z):
+def decoder(params, z, out_shardings=None, reduce=None):
+  """out_shardings: {layer: out_sharding} (explicit sharding); reduce:
+  {layer: f(partial result)} (inside shard_map: the psum of a layer whose
+  contracted channels are split)."""
   import jax
   import jaxconv
   h = z
-  for name, _, co, size, stride in LAYERS:
-    w, b = params[name]["w"], params[name]["b"]
-    h = jaxconv.nn.conv2d_transpose(h, w, [h.shape[0], size, size, co],
-                                    stride, "SAME") + b
+  for name, _, _, size, stride in LAYERS:
+    w, b = params[name]["w"], params[name]["b"]  # w: [3, 3, out, in]
+    h = jaxconv.nn.conv2d_transpose(
+        h, w, [h.shape[0], size, size, w.shape[2]], stride, "SAME",
+        out_sharding=(out_shardings or {}).get(name))
+    h = (reduce or {}).get(name, lambda v: v)(h) + b
     if name != LAYERS[-1][0]:
       h = jax.nn.relu(h)
   return h
 
 
-def loss(params, z, y):
+def loss(params, z, y, **layers):
   import jax.numpy as jnp
-  return jnp.mean((decoder(params, z) - y) ** 2)
+  return jnp.mean((decoder(params, z, **layers) - y) ** 2)
 
 
-def sgd_step(params, z, y, lr=0.1):
+def sgd_step(params, z, y, lr=0.1, **layers):
+  """One SGD step: (new params, loss, gradients); `layers` as `decoder`."""
   import jax
-  value, grads = jax.value_and_grad(loss)(params, z, y)
+  value, grads = jax.value_and_grad(loss)(params, z, y, **layers)
   return jax.tree.map(lambda p, g: p - lr * g, params, grads), value, grads
 
 

@@ -54,6 +54,7 @@ def own_rows(array) -> list:
 
 
 def train(step, params, z, y, steps=3):
+  """3 SGD steps: (params, losses, the first step's gradients)."""
   losses, first = [], None
   for _ in range(steps):
     params, value, grads = step(params, z, y)
@@ -134,25 +135,71 @@ def data_parallel_shard_map(mesh):
   return report(params, losses, grads, compiled)
 
 
-def channel_parallel_auto(mesh2d):
-  """2-D mesh ("data", "model"), "model" across processes: the first
-  layer's output channels and the second's contracted channels sharded."""
+CHANNEL_SPECS = {"up1": {"w": (None, None, "model", None), "b": ("model",)},
+                 "up2": {"w": (None, None, None, "model"), "b": ()},
+                 "head": {"w": (), "b": ()}}
+
+
+def _channel_parallel(mesh2d, step):
+  """The first layer's output channels and the second's contracted ones
+  split over "model", the batch over "data"; `step` jitted or mapped."""
   import jax
   from jax.sharding import PartitionSpec as P
   z0, y0 = multihost.batch(CHANNEL_PARALLEL_BATCH)
   z = global_array(mesh2d, P("data"), z0)
   y = global_array(mesh2d, P("data"), y0)
-  specs = {"up1": {"w": P(None, None, "model", None), "b": P("model")},
-           "up2": {"w": P(None, None, None, "model"), "b": P()},
-           "head": {"w": P(), "b": P()}}
+  specs = jax.tree.map(lambda s: P(*s), CHANNEL_SPECS,
+                       is_leaf=lambda s: isinstance(s, tuple))
   params = jax.tree.map(lambda v, s: global_array(mesh2d, s, v),
                         multihost.init_params(), specs)
-  step = jax.jit(multihost.sgd_step)
-  compiled = step.lower(params, z, y).compile()
-  params, losses, grads = train(step, params, z, y)
+  compiled = step(specs).lower(params, z, y).compile()
+  params, losses, grads = train(compiled, params, z, y)
   held = [sorted({tuple(s.index[2].indices(16)) for s in
                   params["up1"]["w"].addressable_shards})]
   return report(params, losses, grads, compiled, up1_channels_held=held)
+
+
+def channel_parallel_auto(mesh2d):
+  """2-D mesh ("data", "model"), "model" across processes; Auto axes."""
+  import jax
+  return _channel_parallel(mesh2d, lambda specs: jax.jit(multihost.sgd_step))
+
+
+def channel_parallel_explicit(mesh2d):
+  """The same with Explicit axes: the layer whose contracted channels are
+  split says how its result is sharded (out_sharding: batch over "data")."""
+  import functools
+  import jax
+  from jax.sharding import AxisType, PartitionSpec as P
+  explicit = jax.make_mesh(mesh2d.devices.shape, mesh2d.axis_names,
+                           axis_types=(AxisType.Explicit,) * 2,
+                           devices=mesh2d.devices.flatten())
+  with jax.set_mesh(explicit):
+    return _channel_parallel(explicit, lambda specs: jax.jit(functools.partial(
+        multihost.sgd_step, out_shardings={"up2": P("data")})))
+
+
+def channel_parallel_shard_map(mesh2d):
+  """The same by hand inside shard_map: each device's channel slices, the
+  second layer's partial results summed over "model"."""
+  import functools
+  import jax
+  from jax.sharding import PartitionSpec as P
+  data = mesh2d.shape["data"]
+
+  def local_step(params, z, y):
+    layers = {"reduce": {"up2": lambda v: jax.lax.psum(v, "model")}}
+    share = lambda p: multihost.loss(p, z, y, **layers) / data
+    value, grads = jax.value_and_grad(share)(params)
+    value = jax.lax.psum(value, "data")
+    return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads), value, grads
+
+  def step(specs):
+    return jax.jit(jax.shard_map(local_step, mesh=mesh2d,
+                                 in_specs=(specs, P("data"), P("data")),
+                                 out_specs=(specs, P(), specs)))
+  del functools
+  return _channel_parallel(mesh2d, step)
 
 
 def vmap_and_export(mesh):
@@ -303,6 +350,10 @@ PATTERNS = {"data_parallel_auto": (data_parallel_auto, _data_mesh),
             "data_parallel_shard_map": (data_parallel_shard_map, _data_mesh),
             "vmap_and_export": (vmap_and_export, _data_mesh),
             "channel_parallel_auto": (channel_parallel_auto, _channel_mesh),
+            "channel_parallel_explicit": (channel_parallel_explicit,
+                                          _channel_mesh),
+            "channel_parallel_shard_map": (channel_parallel_shard_map,
+                                           _channel_mesh),
             "eager_memory_check": (eager_memory_check, _data_mesh),
             "strategy_per_device": (strategy_per_device, _data_mesh),
             "every_function": (every_function, _data_mesh)}

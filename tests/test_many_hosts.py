@@ -36,6 +36,9 @@ def _run(processes: int, patterns, argv_extra=lambda i: ()):
 
 
 ALL = tuple(multihost_main.PATTERNS)
+TRAINING = ("data_parallel_auto", "data_parallel_explicit",
+            "data_parallel_shard_map", "channel_parallel_auto",
+            "channel_parallel_explicit", "channel_parallel_shard_map")
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +55,7 @@ def two():
 
 @pytest.fixture(scope="module")
 def four():
-  return _run(4, ("data_parallel_auto", "data_parallel_explicit",
-                  "channel_parallel_auto"))
+  return _run(4, TRAINING)
 
 
 def _assert_same_training(got, want, pattern):
@@ -69,10 +71,6 @@ def _assert_same_training(got, want, pattern):
   assert got["collectives"] == want["collectives"], pattern
 
 
-TRAINING = ("data_parallel_auto", "data_parallel_explicit",
-            "data_parallel_shard_map", "channel_parallel_auto")
-
-
 @pytest.mark.parametrize("pattern", TRAINING)
 def test_two_processes_train_as_one(two, single, pattern):
   for summary in two:
@@ -80,9 +78,7 @@ def test_two_processes_train_as_one(two, single, pattern):
     _assert_same_training(summary[pattern], single[pattern], pattern)
 
 
-@pytest.mark.parametrize("pattern", ("data_parallel_auto",
-                                     "data_parallel_explicit",
-                                     "channel_parallel_auto"))
+@pytest.mark.parametrize("pattern", TRAINING)
 def test_four_processes_train_as_one(four, single, pattern):
   for summary in four:
     assert summary["processes"] == 4 and summary["devices"] == DEVICES
@@ -104,9 +100,10 @@ def test_each_process_holds_exactly_its_shards(two, four):
   # processes: each holds its own half of the first layer's output channels.
   for run, column in ((two, lambda i: i), (four, lambda i: i // 2)):
     for summary in run:
-      held, = summary["channel_parallel_auto"]["up1_channels_held"]
-      j = column(summary["process"])
-      assert held == [[8 * j, 8 * j + 8, 1]], (summary["process"], held)
+      for mode in ("auto", "explicit", "shard_map"):
+        held, = summary[f"channel_parallel_{mode}"]["up1_channels_held"]
+        j = column(summary["process"])
+        assert held == [[8 * j, 8 * j + 8, 1]], (summary["process"], held)
 
 
 def test_every_process_chooses_the_same_strategies(two, four, single):
