@@ -20,6 +20,9 @@ import jaxconv
 from benchmarks import multihost
 from tests import multihost_main
 
+# One xdist worker runs them all: the runs below happen once (--dist
+# loadgroup, pyproject.toml), not once per worker.
+pytestmark = pytest.mark.xdist_group("many_hosts")
 DEVICES = 4  # in all, in every layout: the same global program
 TIMEOUT_S = 300
 
