@@ -37,7 +37,8 @@ _IR_TYPE_TAKES_CONTEXT = len(
 
 def varying_axes(aval) -> frozenset:
   """The manual (shard_map) axes a value varies over."""
-  # jax < 0.10: aval.vma; since: aval.mat.varying (its manual axis type).
+  # jax 0.9.x: aval.vma; 0.10.1 on: aval.mat.varying (its manual axis
+  # type); told apart by the attribute, so 0.10.0 takes whichever it has.
   mat = getattr(aval, "mat", None)
   return mat.varying if mat is not None else aval.vma
 
