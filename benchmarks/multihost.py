@@ -9,7 +9,8 @@ many-hosts tests (tests/multihost_main.py) and benchmark
   port), each in its own process group, and waits a bounded time; the
   first process that fails (or the deadline) kills them all at once, so a
   failure never waits in a collective.
-- `initialize`: what each process calls first (gloo CPU collectives).
+- `initialize`: what each process calls first (gloo CPU collectives);
+  `global_array`: a value every process has, as a sharded global array.
 - `collectives`: the collectives of a compiled step, counted.
 """
 from __future__ import annotations
@@ -45,6 +46,15 @@ def batch(n: int, seed: int = 1):
   y = rng.standard_normal((n, LAYERS[-1][3], LAYERS[-1][3],
                            LAYERS[-1][2])).astype(np.float32)
   return z, y
+
+
+def global_array(mesh, spec, value):
+  """`value` (the same on every process) as a global array sharded by
+  `spec` over `mesh`: each process builds only its own shards."""
+  import jax
+  from jax.sharding import NamedSharding
+  return jax.make_array_from_callback(value.shape, NamedSharding(mesh, spec),
+                                      lambda index: value[index])
 
 
 def decoder(params, z, out_shardings=None, reduce=None):

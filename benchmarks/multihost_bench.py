@@ -18,6 +18,7 @@ jax_cpu_collectives_implementation=gloo, as multihost.initialize does.)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import statistics
@@ -36,14 +37,13 @@ def worker(args) -> dict:
                          args.process_id)
   import jax
   import numpy as np
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from jax.sharding import Mesh, PartitionSpec as P
   mesh = Mesh(np.array(jax.devices()), ("data",))
   n = args.batch_per_process * jax.process_count()
   z0, y0 = multihost.batch(n)
-  place = lambda v, spec: jax.make_array_from_callback(
-      v.shape, NamedSharding(mesh, spec), lambda i: v[i])
-  z, y = place(z0, P("data")), place(y0, P("data"))
-  params = jax.tree.map(lambda v: place(v, P()), multihost.init_params())
+  place = functools.partial(multihost.global_array, mesh)
+  z, y = place(P("data"), z0), place(P("data"), y0)
+  params = jax.tree.map(lambda v: place(P(), v), multihost.init_params())
   step = jax.jit(multihost.sgd_step)
   start = time.perf_counter()
   compiled = step.lower(params, z, y).compile()
@@ -56,7 +56,8 @@ def worker(args) -> dict:
       times.append(time.perf_counter() - start)
   return {"processes": jax.process_count(), "devices": jax.device_count(),
           "batch": n, "ms": statistics.median(times) * 1e3,
-          "compile_s": compile_s, "collectives": multihost.collectives(compiled)}
+          "compile_s": compile_s,
+          "collectives": multihost.collectives(compiled)}
 
 
 def main():

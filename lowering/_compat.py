@@ -84,16 +84,16 @@ def lower_fun(fn):
     mesh = next((a.sharding.mesh for a in (*ctx.avals_in, *ctx.avals_out)
                  if isinstance(getattr(a, "sharding", None), NamedSharding)
                  and a.sharding.mesh.explicit_axes), None)
-    if mesh is None:
-      with index.batch_split(batch_split(ctx)):
+    with index.batch_split(batch_split(ctx)):
+      if mesh is None:
         return lowered(ctx, *args, **params)
-    auto = mesh.update_axis_types(
-        {a: AxisType.Auto for a in mesh.explicit_axes})
-    untyped = NamedSharding(auto, PartitionSpec())
-    inner = ctx.replace(
-        avals_in=[a.update(sharding=untyped) for a in ctx.avals_in],
-        avals_out=[a.update(sharding=untyped) for a in ctx.avals_out])
-    with use_abstract_mesh(auto), index.batch_split(batch_split(ctx)):
-      out, = lowered(inner, *args, **params)
-    return [finish(ctx, out, ctx.avals_out[0])]
+      auto = mesh.update_axis_types(
+          {a: AxisType.Auto for a in mesh.explicit_axes})
+      untyped = NamedSharding(auto, PartitionSpec())
+      inner = ctx.replace(
+          avals_in=[a.update(sharding=untyped) for a in ctx.avals_in],
+          avals_out=[a.update(sharding=untyped) for a in ctx.avals_out])
+      with use_abstract_mesh(auto):
+        out, = lowered(inner, *args, **params)
+      return [finish(ctx, out, ctx.avals_out[0])]
   return rule

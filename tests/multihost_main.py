@@ -19,21 +19,12 @@ import traceback
 import numpy as np
 
 from benchmarks import multihost
+from benchmarks.multihost import global_array
 import jaxconv
 from jaxconv import lowering
 
 BATCH_PER_DEVICE = 2
 CHANNEL_PARALLEL_BATCH = 4  # the same on every mesh of 4 devices
-def global_array(mesh, spec, value):
-  """`value` (the same on every process) as a global array sharded by spec:
-  each process builds only its own shards."""
-  import jax
-  from jax.sharding import NamedSharding
-  sharding = NamedSharding(mesh, spec)
-  return jax.make_array_from_callback(value.shape, sharding,
-                                      lambda index: value[index])
-
-
 def gathered(tree):
   """Every leaf as a NumPy array of its global value, on every process."""
   import jax
@@ -110,24 +101,31 @@ def data_parallel_explicit(mesh):
                   out_type=str(jax.typeof(out)))
 
 
-def data_parallel_shard_map(mesh):
+def local_sgd_step(**layers):
+  """The SGD step inside shard_map: each device's share of the global mean
+  loss; the gradients of parameters replicated over "data" come out summed
+  over it (JAX's transpose of their implicit broadcast), the loss is summed
+  here.  `layers` as `multihost.decoder`."""
   import jax
-  from jax.sharding import PartitionSpec as P
 
-  def local_step(params, z, y):
-    # Each device's share of the global mean; the gradients of the
-    # replicated parameters come out summed over "data" (JAX's transpose of
-    # their implicit broadcast), the loss is summed here.
-    share = lambda p: multihost.loss(p, z, y) / jax.lax.axis_size("data")
+  def step(params, z, y):
+    share = lambda p: (multihost.loss(p, z, y, **layers)
+                       / jax.lax.axis_size("data"))
     value, grads = jax.value_and_grad(share)(params)
     value = jax.lax.psum(value, "data")
     return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads), value, grads
+  return step
 
-  step = jax.jit(jax.shard_map(local_step, mesh=mesh,
+
+def data_parallel_shard_map(mesh):
+  import jax
+  from jax.sharding import PartitionSpec as P
+  step = jax.jit(jax.shard_map(local_sgd_step(), mesh=mesh,
                                in_specs=(P(), P("data"), P("data")),
                                out_specs=(P(), P(), P())))
   z0, y0 = multihost.batch(BATCH_PER_DEVICE * mesh.size)
-  z, y = global_array(mesh, P("data"), z0), global_array(mesh, P("data"), y0)
+  z = global_array(mesh, P("data"), z0)
+  y = global_array(mesh, P("data"), y0)
   params = jax.tree.map(lambda v: global_array(mesh, P(), v),
                         multihost.init_params())
   compiled = step.lower(params, z, y).compile()
@@ -182,23 +180,15 @@ def channel_parallel_explicit(mesh2d):
 def channel_parallel_shard_map(mesh2d):
   """The same by hand inside shard_map: each device's channel slices, the
   second layer's partial results summed over "model"."""
-  import functools
   import jax
   from jax.sharding import PartitionSpec as P
-  data = mesh2d.shape["data"]
-
-  def local_step(params, z, y):
-    layers = {"reduce": {"up2": lambda v: jax.lax.psum(v, "model")}}
-    share = lambda p: multihost.loss(p, z, y, **layers) / data
-    value, grads = jax.value_and_grad(share)(params)
-    value = jax.lax.psum(value, "data")
-    return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads), value, grads
+  local_step = local_sgd_step(
+      reduce={"up2": lambda v: jax.lax.psum(v, "model")})
 
   def step(specs):
     return jax.jit(jax.shard_map(local_step, mesh=mesh2d,
                                  in_specs=(specs, P("data"), P("data")),
                                  out_specs=(specs, P(), specs)))
-  del functools
   return _channel_parallel(mesh2d, step)
 
 

@@ -133,7 +133,7 @@ def _check_eager(filt, dy, *, spec: ConvSpec, out_sharding=None):
   batch split as out_backprop's, the channels as the filter's in-depth (or
   as out_sharding says)."""
   shape = _shape_rule(filt, dy, spec)
-  if out_sharding is not None and hasattr(out_sharding, "shard_shape"):
+  if out_sharding is not None:
     shard = out_sharding.shard_shape(shape)
   else:
     shard = list(shape)
