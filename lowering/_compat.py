@@ -7,6 +7,7 @@ rewritten and the result's sharding attached, as JAX's own rules do.
 Each difference between the supported JAX releases (pyproject.toml's range,
 tested at both ends) is absorbed here, next to the release that needs it.
 """
+import contextlib
 import inspect
 import re
 
@@ -20,7 +21,8 @@ from jaxlib.mlir.dialects import stablehlo as hlo
 from . import index
 
 __all__ = ["hlo", "ir_type", "finish", "lower_fun", "varying_axes",
-           "batch_split", "XLA_CPU_YNN_CONVOLUTIONS"]
+           "batch_split", "custom_call_refusal", "placement",
+           "XLA_CPU_YNN_CONVOLUTIONS"]
 
 _JAXLIB = tuple(int(v) for v in re.findall(r"\d+", jaxlib.__version__)[:3])
 
@@ -61,6 +63,38 @@ def batch_split(ctx) -> int:
   return getattr(ctx.module_context.axis_context, "num_devices", 1)
 
 
+def custom_call_refusal(ctx) -> str:
+  """Why a custom call must not be emitted by this rule ("" where it may):
+  an export (its artifact must run where jaxconv is not installed), or a
+  module XLA's SPMD partitioner splits over devices (it would gather a
+  custom call's operands); inside a shard_map manual over every mesh axis
+  each device's shard is what a kernel sees."""
+  module = ctx.module_context
+  # LoweringParameters.for_export and the axis contexts: the same on jax
+  # 0.9.1 to 0.12.
+  if module.lowering_parameters.for_export:
+    return "an export stays portable StableHLO"
+  axes = module.axis_context
+  if getattr(axes, "num_devices", 1) > 1:
+    return "XLA's SPMD partitioner would gather a custom call's operands"
+  mesh = getattr(axes, "mesh", None)
+  if mesh is not None and any(
+      size > 1 for name, size in mesh.shape.items()
+      if name not in axes.manual_axes):
+    return ("a shard_map not manual over every mesh axis is partitioned by "
+            "XLA, which would gather a custom call's operands")
+  return ""
+
+
+@contextlib.contextmanager
+def placement(ctx):
+  """A block where the CPU rules know this rule's batch split and whether
+  it may emit custom calls (see `batch_split`, `custom_call_refusal`)."""
+  with index.batch_split(batch_split(ctx)), index.custom_calls(
+      custom_call_refusal(ctx)):
+    yield
+
+
 def ir_type(ctx, aval):
   """The MLIR tensor type of `aval` (symbolic dims become dynamic)."""
   if _IR_TYPE_TAKES_CONTEXT:
@@ -84,7 +118,7 @@ def lower_fun(fn):
     mesh = next((a.sharding.mesh for a in (*ctx.avals_in, *ctx.avals_out)
                  if isinstance(getattr(a, "sharding", None), NamedSharding)
                  and a.sharding.mesh.explicit_axes), None)
-    with index.batch_split(batch_split(ctx)):
+    with placement(ctx):
       if mesh is None:
         return lowered(ctx, *args, **params)
       auto = mesh.update_axis_types(

@@ -4,6 +4,7 @@
     pad_zeros(x, {axis: (lo, hi[, interior])})  zero padding (negative: crop)
     is_static(d), images(batch), any_empty(*shapes)
     batch_split(n)  a block whose images(batch) counts one device's images
+    custom_calls(why)  a block where custom calls are refused (why), or not ("")
 """
 from __future__ import annotations
 
@@ -33,6 +34,26 @@ def batch_split(n: int):
     yield
   finally:
     _split.reset(token)
+
+
+_custom_calls: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "jaxconv_custom_calls", default="")
+
+
+@contextlib.contextmanager
+def custom_calls(refusal: str):
+  """Inside: why a custom call must not be emitted here ("" where it may),
+  set by the lowering rules from their context (lowering/_compat.py)."""
+  token = _custom_calls.set(refusal)
+  try:
+    yield
+  finally:
+    _custom_calls.reset(token)
+
+
+def custom_call_refusal() -> str:
+  """Why this lowering must stay free of custom calls ("" where it need not)."""
+  return _custom_calls.get()
 
 
 def images(batch) -> int:

@@ -17,8 +17,8 @@ import functools
 
 import numpy as np
 
-from .. import canonical, index
-from .._compat import batch_split, lower_fun
+from .. import canonical
+from .._compat import lower_fun, placement
 from ..geometry import ConvSpec
 from ..index import images
 from .tables import PORTABLE, PRIMITIVES, TABLES, choose, filter_shape, run
@@ -132,7 +132,7 @@ def lower(ctx, filt, dy, *, spec: ConvSpec):
   # up to 2**31 - 1 where it cannot matter.
   if not _portable.get():
     spec = spec.with_equivalent_strides(filt_aval.shape[:spec.ndim])
-  with index.batch_split(batch_split(ctx)):
+  with placement(ctx):
     name = chosen(spec, filt_aval.shape, out_aval.dtype,
                   images(dy_aval.shape[0]))
   if name == "canonical":

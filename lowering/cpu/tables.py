@@ -19,7 +19,7 @@ from .. import partners
 from ..geometry import ConvSpec
 from ..index import images
 from . import (depth_taps, depthwise, eigen_conv, gemm_col2im, grouped,
-               shift_gemm, subpixel, subpixel_fused, tap_dots)
+               onednn, shift_gemm, subpixel, subpixel_fused, tap_dots)
 
 PRIMITIVES = ("backprop_input", "backprop_filter", "forward")
 # XLA CPU's algebraic simplifier aborts on some float64 lhs-dilated
@@ -48,16 +48,21 @@ class Strategy:
   applies: applies(spec, filter_shape): the configurations it can lower.
   accumulates: it takes `acc_dtype` (float32 for half precision).
   unsafe_dtypes: dtypes it must not lower (XLA CPU can abort on them).
+  unavailable: unavailable(dtype): why it cannot lower here and now ("" where
+    it can: the native strategy's extension, dtypes and call site).
   """
   lower: Callable | None
   applies: Callable = _always
   accumulates: bool = False
   unsafe_dtypes: tuple = ()
+  unavailable: Callable | None = None
 
   def refusal(self, spec: ConvSpec, filter_shape, dtype) -> str:
     """Why it cannot lower this call ("" where it can)."""
     if not self.applies(spec, filter_shape):
       return "it does not apply to this configuration"
+    if self.unavailable is not None and (why := self.unavailable(dtype)):
+      return why
     if np.dtype(dtype) in self.unsafe_dtypes:
       return "XLA CPU can abort the process on float64/int32 convolutions"
     return ""
@@ -76,6 +81,7 @@ BACKPROP_INPUT = {
                                subpixel_fused.applies, True),
     "grouped": Strategy(grouped.backprop_input, grouped.applies, True),
     "depthwise": Strategy(depthwise.backprop_input, depthwise.applies, True),
+    "onednn": Strategy(onednn.backprop_input, unavailable=onednn.refusal),
 }
 BACKPROP_FILTER = {
     "standard": Strategy(partners.backprop_filter),
@@ -88,6 +94,7 @@ BACKPROP_FILTER = {
                            depth_taps.applies),
     "grouped": Strategy(grouped.backprop_filter, grouped.applies),
     "depthwise": Strategy(depthwise.backprop_filter, depthwise.applies, True),
+    "onednn": Strategy(onednn.backprop_filter, unavailable=onednn.refusal),
 }
 FORWARD = {
     "standard": Strategy(partners.forward),
@@ -95,6 +102,7 @@ FORWARD = {
                                         conv=eigen_conv.conv)),
     "grouped": Strategy(grouped.forward, grouped.applies),
     "depthwise": Strategy(depthwise.forward, depthwise.applies, True),
+    "onednn": Strategy(onednn.forward, unavailable=onednn.refusal),
 }
 TABLES = {"backprop_input": BACKPROP_INPUT,
           "backprop_filter": BACKPROP_FILTER, "forward": FORWARD}
@@ -217,13 +225,20 @@ _RULES = {"backprop_input": _choose_backprop_input,
 
 
 def choose(spec: ConvSpec, filter_shape, dtype, batch: int = 1, *,
-           primitive: str = "backprop_input") -> tuple[str, str]:
+           primitive: str = "backprop_input",
+           native: bool = True) -> tuple[str, str]:
   """(strategy, reason) for a call of `primitive` on CPU.
 
   filter_shape: the primitive's filter `[*K, C_in / groups, C_out]`;
-  batch: images per call (a symbolic batch counts as one).
+  batch: images per call (a symbolic batch counts as one); native: whether
+  the oneDNN strategy may be chosen where it can lower (False: the rules
+  among XLA's forms, which also serve where it cannot).
   """
-  return _RULES[primitive](spec, tuple(filter_shape), np.dtype(dtype), batch)
+  dtype = np.dtype(dtype)
+  if native and not onednn.refusal(dtype):
+    return "onednn", _why("oneDNN", "TF's own CPU kernels (backward data, "
+                          "backward weights, forward)")
+  return _RULES[primitive](spec, tuple(filter_shape), dtype, batch)
 
 
 def _accumulation(dtype):

@@ -1,0 +1,137 @@
+"""The native strategy: oneDNN's convolution kernels through XLA's FFI.
+
+One typed FFI handler (native/onednn_conv.cc, built at install as
+`_onednn`) runs the three primitives on the kernels TF's CPU ops use:
+oneDNN's forward, backward-data and backward-weights convolutions, on
+operands in TF's layouts (oneDNN reorders them into its blocked layouts and
+caches every primitive per configuration).  It is emitted only where a
+custom call is safe (`lowering/_compat.custom_call_refusal`: never in an
+export, never where XLA's SPMD partitioner would gather the operands), for
+the dtypes oneDNN has a kernel for on this CPU (float32 everywhere;
+bfloat16/float16 where the ISA has them), and where the extension loaded;
+`JAXCONV_ONEDNN=0` turns it off.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.metadata
+import logging
+import os
+import sys
+
+import jax
+import numpy as np
+
+from .. import index
+from ..geometry import ConvSpec
+
+__all__ = ["available", "backprop_filter", "backprop_input", "dtypes",
+           "forward", "refusal"]
+
+TARGET = "jaxconv_onednn_conv"
+_KINDS = {"forward": 0, "backprop_input": 1, "backprop_filter": 2}
+_log = logging.getLogger("jaxconv")
+
+
+def _preload_runtime():
+  """Load libdnnl.so.3 from the onednn-cpu-gomp wheel (the extension's
+  RPATH finds it in a plain environment; this covers the others)."""
+  try:
+    files = importlib.metadata.distribution("onednn-cpu-gomp").files or ()
+  except importlib.metadata.PackageNotFoundError:
+    return
+  for file in files:
+    if file.name == "libdnnl.so.3":
+      ctypes.CDLL(str(file.locate()), mode=ctypes.RTLD_GLOBAL)
+      return
+
+
+@functools.cache
+def _extension():
+  """(module, "") once loaded and registered, else (None, why)."""
+  if os.environ.get("JAXCONV_ONEDNN", "1") == "0":
+    why = "turned off by JAXCONV_ONEDNN=0"
+  elif not sys.platform.startswith("linux"):
+    why = "built on Linux only"
+  else:
+    try:
+      _preload_runtime()
+      from . import _onednn
+    except (ImportError, OSError) as error:
+      why = f"the extension did not load ({error})"
+    else:
+      jax.ffi.register_ffi_target(TARGET, _onednn.handler(), platform="cpu")
+      return _onednn, ""
+  _log.warning("jaxconv: oneDNN back end unavailable (%s); CPU lowerings use "
+               "XLA's strategies", why)
+  return None, why
+
+
+def available() -> bool:
+  """Whether the extension is built, loaded and registered."""
+  return _extension()[0] is not None
+
+
+@functools.cache
+def dtypes() -> frozenset:
+  """The dtypes oneDNN has a kernel (not its reference code) for on this
+  CPU, for all three primitives."""
+  native, _ = _extension()
+  if native is None:
+    return frozenset()
+  return frozenset(
+      np.dtype(name) for name in ("float32", "bfloat16", "float16")
+      if all(not impl.startswith(("unsupported", "ref"))
+             for impl in (native.implementation(name, kind)
+                          for kind in _KINDS.values())))
+
+
+def refusal(dtype) -> str:
+  """Why the native strategy cannot lower a call of `dtype` here ("" where
+  it can)."""
+  _, why = _extension()
+  if why:
+    return f"the oneDNN back end is unavailable ({why})"
+  if np.dtype(dtype) not in dtypes():
+    return f"oneDNN has no kernel for {np.dtype(dtype)} on this CPU"
+  return index.custom_call_refusal()
+
+
+def _i64(values):
+  return np.asarray(values, np.int64)
+
+
+def _call(primitive, a, b, out_shape, spec: ConvSpec):
+  """The handler on a, b with the result `out_shape` (a's dtype)."""
+  out = jax.ShapeDtypeStruct(out_shape, a.dtype)
+  if index.any_empty(a.shape, b.shape, out_shape):
+    return jax.numpy.zeros(out_shape, a.dtype)
+  return jax.ffi.ffi_call(TARGET, out)(
+      a, b, kind=np.int64(_KINDS[primitive]), strides=_i64(spec.strides),
+      dilations=_i64(spec.dilations),
+      pad_l=_i64([lo for lo, _ in spec.padding]),
+      pad_r=_i64([hi for _, hi in spec.padding]),
+      groups=np.int64(spec.groups),
+      channels_last=np.int64(spec.channels_last), layout_any=np.int64(1))
+
+
+def backprop_input(filt, dy, *, spec: ConvSpec):
+  """TF's backprop input: oneDNN's backward-data convolution."""
+  shape = spec.activation_shape(dy.shape[0], filt.shape[-2] * spec.groups,
+                                spec.input_spatial)
+  return _call("backprop_input", filt, dy, shape, spec)
+
+
+def backprop_filter(x, dy, *, spec: ConvSpec, kernel):
+  """TF's backprop filter: oneDNN's backward-weights convolution."""
+  shape = spec.filter_shape(kernel, x.shape[spec.feature_axis],
+                            dy.shape[spec.feature_axis])
+  return _call("backprop_filter", x, dy, shape, spec)
+
+
+def forward(x, filt, *, spec: ConvSpec):
+  """TF's forward convolution: oneDNN's forward convolution."""
+  shape = spec.activation_shape(x.shape[0], filt.shape[-1],
+                                spec.out_backprop_spatial(filt.shape[:spec.ndim]))
+  return _call("forward", x, filt, shape, spec)
