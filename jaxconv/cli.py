@@ -18,10 +18,13 @@ import numpy as np
 from jaxconv.ops import OPS
 from jaxconv.lowering.cpu import STRATEGIES
 
-# Every CPU strategy name, of the op (input gradients) and of the filter
-# gradient (the filter-gradient ops): --cpu-strategy checks it per op.
+# The native strategy is a custom call: jax.jit runs it, no export holds it.
+_EXPORTABLE = {primitive: tuple(n for n in names if n != "onednn")
+               for primitive, names in STRATEGIES.items()}
+# Every exportable CPU strategy name, of the op (input gradients) and of the
+# filter gradient (the filter-gradient ops): --cpu-strategy checks it per op.
 _CPU_NAMES = tuple(dict.fromkeys(
-    (*STRATEGIES["backprop_input"], *STRATEGIES["backprop_filter"])))
+    (*_EXPORTABLE["backprop_input"], *_EXPORTABLE["backprop_filter"])))
 
 EXAMPLES = """examples:
   jaxconv export
@@ -42,8 +45,11 @@ EXAMPLES = """examples:
 
 ops: """ + ", ".join(OPS) + """
 cpu strategies (--cpu-strategy): input gradients """ + ", ".join(
-    STRATEGIES["backprop_input"]) + "; filter gradients " + ", ".join(
-        STRATEGIES["backprop_filter"]) + "\n"
+    _EXPORTABLE["backprop_input"]) + "; filter gradients " + ", ".join(
+        _EXPORTABLE["backprop_filter"]) + """
+(under jax.jit the CPU also has the native oneDNN strategy, a custom call
+that no export holds; stderr names the one jax.jit picks here)
+"""
 
 # Default layers per kind of op: the U-Net up layer (2-D), its 3-D
 # version, a MobileNet depthwise layer.
@@ -240,7 +246,7 @@ def _validated(args):
   if len(config.filter_sizes) != config.ndim + 2:
     raise ValueError(f"--filter-sizes must have {config.ndim + 2} entries "
                      f"for {config.op}, got {list(config.filter_sizes)}")
-  names = STRATEGIES[config.primitive]
+  names = _EXPORTABLE[config.primitive]
   if args.cpu_strategy not in (None, "auto", *names):
     raise ValueError(f"--cpu-strategy: {args.cpu_strategy!r} is not a CPU "
                      f"strategy of {config.op} ({config.primitive}); choose "
@@ -251,15 +257,19 @@ def _validated(args):
 
 def _form(args, config) -> str:
   """What the export holds, for stderr."""
+  jit, why = config.cpu_strategy(symbolic_batch=bool(args.batch))
+  under_jit = (f"; under jax.jit this CPU runs {config.primitive} with {jit} "
+               f"({why})")
   if args.cpu_strategy is None:
     return "portable on every platform (stablehlo.convolution " + (
         "taking out_backprop as its window)" if config.filter_gradient
-        else "with lhs_dilation = strides and the reversed kernel)")
-  name, reason = config.cpu_strategy(symbolic_batch=bool(args.batch))
+        else "with lhs_dilation = strides and the reversed kernel)") + under_jit
+  name, reason = config.cpu_strategy(symbolic_batch=bool(args.batch),
+                                     for_export=True)
   if args.cpu_strategy != "auto":
     name, reason = args.cpu_strategy, "forced (where it applies)"
   return (f"cpu lowering strategy ({config.primitive}): {name} ({reason}); "
-          "other platforms portable")
+          f"other platforms portable" + (under_jit if jit != name else ""))
 
 
 def _write(args, exported) -> None:

@@ -21,6 +21,8 @@ from jaxconv import attrs, lowering, ops, raw_ops
 from jaxconv.lowering import cpu
 
 OPS = tuple(ops.OPS)
+# CPU strategies that are custom calls (jax.jit only, never exported).
+NATIVE = ("onednn",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,13 +112,15 @@ class LayerConfig:
     return {"input": tuple(x), "filter": tuple(self.filter_sizes),
             "out_backprop": tuple(dy)}
 
-  def cpu_strategy(self, symbolic_batch: bool = False) -> tuple[str, str]:
+  def cpu_strategy(self, symbolic_batch: bool = False, *,
+                   for_export: bool = False) -> tuple[str, str]:
     """(name, reason) of the CPU strategy jax.jit picks for this layer's
     primitive (`self.primitive`; with a symbolic batch it counts one
-    image)."""
+    image); for_export: the one an export bakes in (never the native
+    strategy, whose custom call an artifact cannot carry)."""
     return cpu.choose(self.spec(), self.hwio_filter_sizes, self.dtype,
                       1 if symbolic_batch else self.batch,
-                      primitive=self.primitive)
+                      primitive=self.primitive, native=not for_export)
 
   def op_fn(self, batch=None):
     """f(*operands) calling the raw op, operands in `operand_names()` order;
@@ -158,10 +162,14 @@ def export_layer(config: LayerConfig, *, batch: str | None = None,
   grad: export f(*operands, ct) -> (result, *d_operands), the op and its
     VJP, instead of the op alone.
   cpu_strategy: None for the portable form on every platform; "auto" for
-    the CPU strategies jax.jit would pick, or the name of one of the op's
+    the XLA CPU strategies jax.jit would pick, or the name of one of the op's
     primitive (`config.primitive`) to force it (where it applies) in the
-    `cpu` lowering.
+    `cpu` lowering (never the native one: an export stays StableHLO).
   """
+  if cpu_strategy in NATIVE:
+    raise ValueError(f"cpu_strategy: {cpu_strategy!r} is a custom call, which "
+                     "an exported artifact cannot carry; choose 'auto' or an "
+                     "XLA strategy")
   dtype = jnp.dtype(config.dtype)
   b = None
   if batch is not None:

@@ -2,7 +2,9 @@
 int32); a test that needs float64 says so with `@pytest.mark.x64` (on the
 test, a parameter or a module) and runs inside `jax.enable_x64(True)`.
 Keras runs on its TF backend for the integration tests, which need the
-optional extras (`tests.helpers.require`)."""
+optional extras (`tests.helpers.require`).  A test of XLA's CPU strategies
+and the rules among them says so with `@pytest.mark.xla_strategies` and runs
+inside `lowering.xla_strategies()` (the native oneDNN strategy off)."""
 import importlib
 import importlib.abc
 import importlib.util
@@ -44,4 +46,14 @@ def _x64_where_marked(request):
     yield
     return
   with jax.enable_x64(True):
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _xla_strategies_where_marked(request):
+  if request.node.get_closest_marker("xla_strategies") is None:
+    yield
+    return
+  from jaxconv import lowering
+  with lowering.xla_strategies():
     yield

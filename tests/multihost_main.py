@@ -248,10 +248,11 @@ def eager_memory_check(mesh):
 def strategy_per_device(mesh):
   """The CPU strategies of a training step's convolutions, chosen for one
   device's shard: a batch of 16 split 4 ways lowers as a batch of 4 does
-  (Auto mode, Explicit mode, shard_map); a replicated batch as 16."""
+  (Auto mode, Explicit mode, shard_map); a replicated batch as 16.  On
+  XLA's strategies, and with the native one on ("native")."""
   import jax
   import jax.numpy as jnp
-  from jax.sharding import AxisType, PartitionSpec as P
+
   def grads(w, dy):
     """A stride-2 op (its rule weighs the batch's GEMM columns) and a
     stride-1 one (its filter gradient's rule weighs the kernel rows)."""
@@ -267,6 +268,18 @@ def strategy_per_device(mesh):
     with lowering.force_strategy() as record:
       jax.jit(fn).lower(*args)
     return dataclasses.asdict(record)
+
+  with lowering.xla_strategies():
+    out = _per_device_choices(mesh, grads, lowered_with)
+  # With the native strategy on: a shard_map's shard is what its kernel
+  # sees; XLA partitions the Auto and Explicit modules (no custom call).
+  out["native"] = _per_device_choices(mesh, grads, lowered_with)
+  return out
+
+
+def _per_device_choices(mesh, grads, lowered_with):
+  import jax
+  from jax.sharding import AxisType, PartitionSpec as P
 
   w = np.ones((3, 3, 64, 64), np.float32)
   out = {}

@@ -9,6 +9,7 @@ collectives in the compiled step.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -57,6 +58,14 @@ def run_pattern(mesh, w, dy, w_spec, dy_spec, fn, *more):
   out = f(*args)
   text = f.lower(*args).compile().as_text()
   return out, collectives(text)
+
+
+def run_recorded(strategy, *args):
+  """run_pattern(*args) with `strategy` forced; also the strategies that
+  lowered, per primitive."""
+  with lowering.force_strategy(strategy) as lowered:
+    out, counts = run_pattern(*args)
+  return out, counts, dataclasses.asdict(lowered)
 
 
 def check(dtype, strategy) -> dict:
@@ -110,8 +119,9 @@ def check(dtype, strategy) -> dict:
                                          "SAME")
   mapped = jax.shard_map(local, mesh=data, in_specs=(P(), P("data")),
                          out_specs=P("data"))
-  out, c = run_pattern(data, w, dy, P(), P("data"), mapped)
+  out, c, lowered = run_recorded(strategy, data, w, dy, P(), P("data"), mapped)
   record("shard_map", out, c, P("data"))
+  results["shard_map"]["lowered"] = lowered
 
   # Data-parallel training step (the incoming gradient is batch-sharded
   # too): the filter gradient is one all-reduce.
@@ -119,8 +129,8 @@ def check(dtype, strategy) -> dict:
   def grads(w, dy, ct):
     return jax.grad(lambda w, dy: jnp.vdot(op(w, dy), ct), argnums=(0, 1))(w, dy)
   want_g = grads(w, dy, ct)
-  (gw, gdy), c = run_pattern(data, w, dy, P(), P("data"), grads,
-                             (ct, P("data")))
+  (gw, gdy), c, lowered = run_recorded(strategy, data, w, dy, P(), P("data"),
+                                       grads, (ct, P("data")))
   for a, b in ((gw, want_g[0]), (gdy, want_g[1])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol * 10,
                                atol=tol * 10)
@@ -130,7 +140,8 @@ def check(dtype, strategy) -> dict:
   assert c == {"all-reduce": 1}, c
   assert tuple(gdy.sharding.spec)[:1] == ("data",), gdy.sharding.spec
   results["data_parallel_grads"] = {"collectives": c,
-                                    "d_out_backprop_spec": str(gdy.sharding.spec)}
+                                    "d_out_backprop_spec": str(gdy.sharding.spec),
+                                    "lowered": lowered}
   return results
 
 

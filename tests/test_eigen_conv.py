@@ -14,6 +14,9 @@ from jaxconv.lowering.cpu import eigen_conv
 from tests import configs
 from tests.helpers import assert_filter_gradient_matches
 
+# XLA's CPU strategies and their rules (the native one is tests/test_onednn.py).
+pytestmark = pytest.mark.xla_strategies
+
 
 def ynn_convolutions(fn, *args):
   """How many convolutions XLA CPU compiled `fn` into YNNPACK fusions."""

@@ -17,6 +17,7 @@ import jaxconv
 from jaxconv import lowering
 from jaxconv import reference
 from jaxconv.lowering import cpu
+from jaxconv.lowering.cpu import onednn
 from jaxconv.lowering.cpu import tables
 from tests.helpers import reference_for_spec, run_op, run_reference
 
@@ -28,6 +29,7 @@ LAYERS = {
     "subpixel_fused": ([2, 8, 6, 4], (4, 4, 4, 6), 2),
     "grouped": ([2, 7, 6, 8], (3, 3, 2, 8), 1),
     "depthwise": ([2, 7, 6, 4], (3, 3, 1, 8), 1),
+    "onednn": ([2, 7, 6, 4], (3, 3, 4, 6), 2),
 }
 # Strategies with sums of their own (not a dot or convolution, which XLA CPU
 # widens to float32 by itself): narrowing their accumulation is visible.
@@ -70,6 +72,8 @@ def test_layers_cover_every_strategy():
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
 def test_accumulates_in_float32_and_rounds_once(strategy, dtype, data_format):
+  if strategy == "onednn" and np.dtype(dtype) not in onednn.dtypes():
+    pytest.skip(f"oneDNN has no {dtype} kernel on this CPU (or did not load)")
   cfg, w, dy = _case(strategy, dtype, data_format)
   expected = run_reference(cfg, w, dy).astype(dtype)
   in_half = run_reference(cfg, w, dy, accumulate=dtype)

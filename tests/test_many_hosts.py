@@ -18,6 +18,7 @@ import pytest
 
 import jaxconv
 from benchmarks import multihost
+from jaxconv.lowering import cpu
 from tests import multihost_main
 
 # One xdist worker runs them all: the runs below happen once (--dist
@@ -219,6 +220,15 @@ def test_cpu_strategies_are_chosen_for_one_devices_shard(single, two):
                 "explicit 16 over 4"):
       assert chosen[key] == chosen["unsharded 4"], key
     assert chosen["explicit 16 replicated"] == chosen["unsharded 16"]
+    if cpu.onednn.available():
+      # The native kernels run where a device's shard is what they see.
+      native = chosen["native"]
+      onednn = {p: ["onednn"] * len(names)
+                for p, names in chosen["unsharded 4"].items()}
+      assert native["unsharded 4"] == native["shard_map 16 over 4"] == onednn
+      for key in ("auto 16 over 4", "explicit 16 over 4",
+                  "explicit 16 replicated"):
+        assert "onednn" not in str(native[key]), key
 
 
 def test_readme_two_process_example_runs(tmp_path):

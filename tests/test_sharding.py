@@ -23,13 +23,18 @@ def _summary_of(module: str) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _native():
+  from jaxconv.lowering.cpu import onednn
+  return onednn.available()
+
+
 @pytest.fixture(scope="module")
 def summary():
   return _summary_of("tests.sharding_main")
 
 
 STRATEGIES = ("canonical", "gemm_col2im", "subpixel",
-              "subpixel_fused", "grouped", "depthwise")
+              "subpixel_fused", "grouped", "depthwise", "onednn")
 KEYS = [f"{d}/{s}" for d in ("float32", "float64") for s in STRATEGIES]
 
 
@@ -49,6 +54,14 @@ def test_patterns(summary, key):
   # A data-parallel training step: the filter gradient is one all-reduce.
   assert s["data_parallel_grads"]["d_out_backprop_spec"] == "P('data',)"
   assert s["data_parallel_grads"]["collectives"] == {"all-reduce": 1}
+  # The native kernels (where they load) run inside shard_map, whose shard
+  # is what they see, with no collective added; XLA partitions the jit
+  # over 8 devices, so there every lowering stays a StableHLO form.
+  native = "onednn" if key.startswith("float32") and _native() else None
+  mapped = s["shard_map"]["lowered"]
+  assert (mapped["backprop_input"] == ["onednn"]) == (
+      native is not None and key.endswith("onednn")), mapped
+  assert "onednn" not in str(s["data_parallel_grads"]["lowered"])
   if key.endswith(("grouped", "depthwise")):
     return  # the channel patterns below need a dense filter
   # Filter sharded on its input channels: channel-sharded out, no collective.
@@ -89,7 +102,10 @@ EXPLICIT_DENSE = {
 @pytest.mark.parametrize("strategy", ("chosen", *STRATEGIES))
 def test_explicit_mode_patterns(explicit, strategy):
   s = explicit[strategy]
-  if strategy != "chosen":  # the forced strategy is what lowered
+  if strategy == "onednn":  # one device's calls native; XLA partitions the rest
+    assert set(s["lowered"]) - {"onednn"} and (
+        "onednn" in s["lowered"]) == _native(), s["lowered"]
+  elif strategy != "chosen":  # the forced strategy is what lowered
     assert s["lowered"] == [strategy]
   expected = dict(EXPLICIT)
   if strategy not in ("grouped", "depthwise"):

@@ -16,6 +16,9 @@ from tests import configs
 from tests.helpers import (assert_filter_gradient_matches,
                            filter_gradient_route)
 
+# XLA's CPU strategies and their rules (the native one is tests/test_onednn.py).
+pytestmark = pytest.mark.xla_strategies
+
 
 @pytest.mark.parametrize("chunk_bytes", [1, 1 << 30],
                          ids=["image-by-image", "whole-batch"])

@@ -11,7 +11,7 @@ from jax import export
 
 from jaxconv import lowering
 from jaxconv.lowering import cpu, geometry, partners
-from jaxconv.lowering.cpu import grouped, subpixel_fused
+from jaxconv.lowering.cpu import grouped, onednn, subpixel_fused
 from tests import configs
 from tests.helpers import (assert_close, filter_gradient_route,
                            negative_conv_pads, reference_for_spec, run_op, run_reference,
@@ -21,6 +21,13 @@ import jaxconv
 from jaxconv import attrs
 from jaxconv.ops import OPS
 from jaxconv.export import LayerConfig
+
+
+# Every CPU strategy of the op; the native one where its extension loaded.
+MATRIX = [pytest.param(name, marks=pytest.mark.skipif(
+    name == "onednn" and not onednn.available(),
+    reason="the oneDNN extension is not loaded here"))
+          for name in cpu.STRATEGIES["backprop_input"]]
 
 
 def _spec(fn, w, dy):
@@ -33,7 +40,10 @@ def _spec(fn, w, dy):
 def _lowers(strategy, dtype):
   """Whether the strategy can be forced for this dtype (XLA CPU can abort
   on float64/int32 convolutions; tests/test_canonical.py covers float64
-  through the canonical form in a child process)."""
+  through the canonical form in a child process; oneDNN has kernels for
+  float32 and, on some CPUs, half precision)."""
+  if strategy == "onednn":
+    return np.dtype(dtype) in onednn.dtypes()
   return strategy != "canonical" or dtype not in ("float64", "int32")
 
 
@@ -62,7 +72,7 @@ def _jit_forced(strategy, fn, *args):
 
 
 @pytest.mark.x64
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
+@pytest.mark.parametrize("strategy", MATRIX)
 def test_exact_against_reference(strategy):
   cases = _configs_for(strategy, 40, seed=cpu.STRATEGIES["backprop_input"].index(strategy))
   for cfg, w, dy in cases:
@@ -77,7 +87,7 @@ def test_exact_against_reference(strategy):
 
 
 @pytest.mark.x64
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
+@pytest.mark.parametrize("strategy", MATRIX)
 def test_generic_float_values(strategy):
   # Not only multiples of 1/8: float32 and float64 with generic values.
   rng = np.random.default_rng(1)
@@ -98,7 +108,7 @@ def test_generic_float_values(strategy):
 
 @pytest.mark.x64
 @pytest.mark.parametrize("ndim", [1, 3])
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
+@pytest.mark.parametrize("strategy", MATRIX)
 def test_exact_in_1d_and_3d(strategy, ndim):
   # The primitive and every strategy are N-d (1-3 spatial dims).
   dtype = "float64" if _lowers(strategy, "float64") else "float32"
@@ -133,6 +143,7 @@ def test_gradients_in_1d_to_3d(ndim):
     np.testing.assert_allclose(np.vdot(w, ct_w), lhs, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.xla_strategies
 @pytest.mark.x64
 @pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
 def test_cpu_partners_match_the_standard_forms(dtype):
@@ -163,6 +174,7 @@ def test_cpu_partners_match_the_standard_forms(dtype):
   assert set(kinds) == {"depthwise", "grouped"}
 
 
+@pytest.mark.xla_strategies
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 def test_grouped_sub_problems_reassemble(data_format):
   """Four groups of 8 channels make two dense sub-problems of 16
@@ -192,6 +204,7 @@ def test_grouped_sub_problems_reassemble(data_format):
       partners.backprop_filter(*f64(x, dy), spec=spec, kernel=kernel))
 
 
+@pytest.mark.xla_strategies
 @pytest.mark.parametrize("groups", [2, 3])
 def test_cpu_forward_partner_splits_every_grouping(groups):
   spec = lowering.ConvSpec(input_spatial=(6, 6), strides=(1, 1),
@@ -214,6 +227,7 @@ def test_groups_per_problem(groups, ci, want):
   assert grouped.groups_per_problem(groups, ci) == want
 
 
+@pytest.mark.xla_strategies
 def test_cpu_filter_gradient_routes():
   """Depthwise: the split at stride 1, per-tap reductions when strided;
   3-D stride 1: 2-D filter gradients per depth tap; strided dense ones:
@@ -249,6 +263,7 @@ def _conv_dims(text):
           re.findall(r"dim_numbers = \[([^\]]*)\]x", text)]
 
 
+@pytest.mark.xla_strategies
 @pytest.mark.x64
 @pytest.mark.parametrize("kernel, channels, dtype, want", [
     ((3, 3), (64, 64), np.float32, "eigen_rows"),  # one 1-D conv
@@ -269,6 +284,7 @@ def test_cpu_dense_filter_gradient_routes(kernel, channels, dtype, want):
   assert _conv_dims(text) == ([1] if want == "eigen_rows" else [2])
 
 
+@pytest.mark.xla_strategies
 def test_cpu_grouped_filter_gradient_avoids_batch_groups():
   spec = lowering.ConvSpec(input_spatial=(6, 6), strides=(1, 1),
                            dilations=(1, 1), padding=((1, 1), (1, 1)),
@@ -289,6 +305,7 @@ STRATEGY_LAYERS = {
     "subpixel_fused": ([2, 9, 8, 4], (4, 3, 4, 6), [1, 2, 2, 1]),
     "grouped": ([2, 9, 8, 8], (3, 3, 2, 8), [1, 1, 2, 1]),
     "depthwise": ([2, 9, 8, 4], (3, 3, 1, 8), [1, 2, 2, 1]),
+    "onednn": ([2, 9, 8, 4], (3, 2, 4, 6), [1, 2, 3, 1]),
 }
 
 
@@ -321,7 +338,7 @@ def test_layers_cover_every_strategy():
   assert set(STRATEGY_LAYERS) == set(cpu.STRATEGIES["backprop_input"])
 
 
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
+@pytest.mark.parametrize("strategy", MATRIX)
 def test_no_zero_inflated_input(strategy):
   op, w, dy = _layer(strategy)
   with lowering.force_strategy(strategy, strict=True) as lowered:
@@ -337,15 +354,21 @@ def test_no_zero_inflated_input(strategy):
 
 
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
+@pytest.mark.parametrize("strategy", MATRIX)
 def test_symbolic_batch_export(strategy, data_format):
   op, w, dy = _layer(strategy, data_format)
   b, = export.symbolic_shape("b")
+  args = (jax.ShapeDtypeStruct(w.shape, w.dtype),
+          jax.ShapeDtypeStruct((b, *dy.shape[1:]), dy.dtype))
+  fn = jax.jit(lambda w, dy: op(w, dy, batch=dy.shape[0]))
+  if strategy == "onednn":  # a custom call: an export falls back, or raises
+    with pytest.raises(ValueError, match="an export stays portable"):
+      with lowering.force_strategy(strategy, strict=True):
+        export.export(fn, platforms=["cpu"])(*args)
+    strategy = cpu.choose(_spec(op, w, dy), w.shape, np.float32, 1,
+                          native=False)[0]
   with lowering.force_strategy(strategy, strict=True) as lowered:
-    exp = export.export(jax.jit(lambda w, dy: op(w, dy, batch=dy.shape[0])),
-                        platforms=["cpu"])(
-        jax.ShapeDtypeStruct(w.shape, w.dtype),
-        jax.ShapeDtypeStruct((b, *dy.shape[1:]), dy.dtype))
+    exp = export.export(fn, platforms=["cpu"])(*args)
   assert lowered.backprop_input == [strategy]
   for batch in (1, 3):
     dyb = np.concatenate([dy] * 2)[:batch]
@@ -353,7 +376,7 @@ def test_symbolic_batch_export(strategy, data_format):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
+@pytest.mark.parametrize("strategy", MATRIX)
 def test_grad_and_vmap_under_strategy(strategy):
   op, w, dy = _layer(strategy)
   loss = lambda w, dy: jnp.sum(jnp.sin(op(w, dy)))
@@ -371,6 +394,7 @@ def test_grad_and_vmap_under_strategy(strategy):
   np.testing.assert_allclose(got_v, want_v, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.xla_strategies
 @pytest.mark.x64
 def test_forcing_falls_back_where_a_strategy_does_not_apply():
   op, w, dy = _layer("canonical")  # one group: depthwise cannot apply
@@ -401,7 +425,8 @@ _GROUPINGS = {"one group": (3, 3, 4, 6), "two groups": (3, 3, 2, 6),
               "depthwise": (3, 3, 1, 8)}
 _APPLIES = {"canonical": set(_GROUPINGS), "gemm_col2im": set(_GROUPINGS),
             "subpixel": {"one group"}, "subpixel_fused": {"one group"},
-            "grouped": {"two groups", "depthwise"}, "depthwise": {"depthwise"}}
+            "grouped": {"two groups", "depthwise"}, "depthwise": {"depthwise"},
+            "onednn": set(_GROUPINGS) if onednn.available() else set()}
 
 
 def test_applies_table_covers_every_strategy():
@@ -409,7 +434,7 @@ def test_applies_table_covers_every_strategy():
 
 
 @pytest.mark.parametrize("grouping", list(_GROUPINGS))
-@pytest.mark.parametrize("strategy", cpu.STRATEGIES["backprop_input"])
+@pytest.mark.parametrize("strategy", MATRIX)
 def test_each_strategy_applies_exactly_where_it_lowers(strategy, grouping):
   """Forced strictly, a strategy lowers (and is exact) where it applies and
   raises where it does not."""
@@ -432,6 +457,7 @@ def test_each_strategy_applies_exactly_where_it_lowers(strategy, grouping):
         call()
 
 
+@pytest.mark.xla_strategies
 def test_choice_is_visible():
   op, w, dy = _layer("depthwise")
   name, reason = cpu.choose(_spec(op, w, dy), w.shape, np.float32)
@@ -442,6 +468,7 @@ def test_choice_is_visible():
   assert config.cpu_strategy() == (name, reason)
 
 
+@pytest.mark.xla_strategies
 @pytest.mark.parametrize("fmt, sizes, fshape, stride, dtype, want", [
     # The automatic choice on layer classes of benchmarks/suite.py (the
     # measured winners recorded in lowering/cpu/__init__.py's rules).
@@ -469,6 +496,7 @@ def test_choice_on_benchmark_classes(fmt, sizes, fshape, stride, dtype, want):
   assert cpu.choose(spec, fshape, dtype, sizes[0])[0] == want
 
 
+@pytest.mark.xla_strategies
 @pytest.mark.parametrize("sizes, fshape, stride, dilation, dtype, batch, want", [
     # One configuration per rule of cpu.choose, each decided by that rule
     # (NHWC / NDHWC, SAME; batch None: choose's default of one image).
@@ -542,6 +570,7 @@ def test_every_rule_names_its_choice(sizes, fshape, stride, dilation, dtype,
   assert (name, reason[:len(want[1])]) == want
 
 
+@pytest.mark.xla_strategies
 @pytest.mark.parametrize("fmt, kernel, want", [
     ("NHWC", 3, "subpixel"), ("NCHW", 3, "subpixel"),
     ("NHWC", 1, "gemm_col2im"),  # a 1x1 kernel has nothing to dilate
@@ -557,6 +586,7 @@ def test_choice_with_stride_and_dilation(fmt, kernel, want):
   assert cpu.choose(spec, fshape, "float32", 8)[0] == want
 
 
+@pytest.mark.xla_strategies
 def test_lowering_counts_the_batch():
   # 64x64 64<-128 k3 s2: 2.25 MiB of GEMM columns per image; from 16
   # images (32 MiB) the sub-pixel convolutions win.  A symbolic batch
@@ -585,6 +615,7 @@ def test_lowering_counts_the_batch():
     assert ("stablehlo.convolution" in text) == conv
 
 
+@pytest.mark.xla_strategies
 @pytest.mark.x64
 def test_gemm_when_each_phase_is_one_tap():
   # kernel == stride (the U-Net up-convolution): the col2im is a plain

@@ -5,8 +5,9 @@ primitive (lowering/cpu/tables.py); one module per strategy beside it.
 This module is the mechanics: the three entry points the front end
 registers for the cpu platform (`lower` for the op, `forward` and
 `backprop_filter` for its partners), and the blocks that override the
-choice (`force_strategy`, `portable`).  Every strategy is portable
-StableHLO (no custom calls).
+choice (`force_strategy`, `portable`, `xla_strategies`).  Every strategy
+is portable StableHLO but the native one (lowering/cpu/onednn.py), a custom
+call that is never exported.
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from .. import canonical
 from .._compat import lower_fun, placement
 from ..geometry import ConvSpec
 from ..index import images
+from . import onednn
 from .tables import PORTABLE, PRIMITIVES, TABLES, choose, filter_shape, run
 
 __all__ = ["STRATEGIES", "Lowered", "applies", "backprop_filter", "choose",
-           "chosen", "force_strategy", "forward", "lower", "portable"]
+           "chosen", "force_strategy", "forward", "lower", "portable",
+           "xla_strategies"]
 
 STRATEGIES = {primitive: tuple(TABLES[primitive]) for primitive in PRIMITIVES}
 
@@ -95,6 +98,12 @@ def portable():
     yield
   finally:
     _portable.reset(token)
+
+
+def xla_strategies():
+  """Lower CPU calls traced inside this block on XLA's strategies only: the
+  native oneDNN one is off (process-wide: JAXCONV_ONEDNN=0)."""
+  return onednn.turned_off()
 
 
 def applies(name: str, spec: ConvSpec, filter_shape, dtype=np.float32, *,

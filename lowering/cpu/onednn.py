@@ -13,6 +13,8 @@ bfloat16/float16 where the ISA has them), and where the extension loaded;
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import importlib.metadata
@@ -27,11 +29,23 @@ from .. import index
 from ..geometry import ConvSpec
 
 __all__ = ["available", "backprop_filter", "backprop_input", "dtypes",
-           "forward", "refusal"]
+           "forward", "refusal", "turned_off"]
 
 TARGET = "jaxconv_onednn_conv"
 _KINDS = {"forward": 0, "backprop_input": 1, "backprop_filter": 2}
 _log = logging.getLogger("jaxconv")
+_off: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "jaxconv_onednn_off", default=False)
+
+
+@contextlib.contextmanager
+def turned_off():
+  """Inside: the native strategy is refused (XLA's strategies only)."""
+  token = _off.set(True)
+  try:
+    yield
+  finally:
+    _off.reset(token)
 
 
 def _preload_runtime():
@@ -90,6 +104,8 @@ def dtypes() -> frozenset:
 def refusal(dtype) -> str:
   """Why the native strategy cannot lower a call of `dtype` here ("" where
   it can)."""
+  if _off.get():
+    return "turned off in this block (xla_strategies)"
   _, why = _extension()
   if why:
     return f"the oneDNN back end is unavailable ({why})"
