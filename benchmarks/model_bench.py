@@ -79,15 +79,16 @@ def shapes(model):
 
 
 def flops(model):
-  """Multiply-adds x 2 of the forward pass."""
-  return sum(2 * np.prod(y) * np.prod(w[:-2]) * w[-1]
-             for _, w, y in shapes(model))
+  """Useful multiply-adds x 2 of the forward pass: every input value times
+  every tap and output channel."""
+  return sum(2 * np.prod(x) * np.prod(w[:-2]) * w[-2]
+             for x, w, _ in shapes(model))
 
 
 def init(model, rng):
   layers = shapes(model)
-  ws = [rng.standard_normal(w).astype(np.float32)
-        / np.sqrt(np.prod(w[:-2]) * w[-1]) for _, w, _ in layers]
+  ws = [(rng.standard_normal(w) / np.sqrt(np.prod(w[:-2]) * w[-1])).astype(
+      np.float32) for _, w, _ in layers]
   x = rng.standard_normal(layers[0][0]).astype(np.float32)
   return x, ws
 
@@ -104,7 +105,9 @@ def _jaxconv_layer(h, w, y_shape, stride):
 def _lax_layer(h, w, y_shape, stride):
   del y_shape  # lax's SAME gives size * stride, as TF's here
   n = h.ndim - 2
-  dims = ("NHWC", "HWOI", "NHWC") if n == 2 else ("NDHWC", "DHWOI", "NDHWC")
+  # transpose_kernel swaps the kernel's I and O: TF's [*K, C_out, C_in] reads
+  # as the forward conv's HWIO.
+  dims = ("NHWC", "HWIO", "NHWC") if n == 2 else ("NDHWC", "DHWIO", "NDHWC")
   return lax.conv_transpose(h, w, (stride,) * n, "SAME",
                             dimension_numbers=dims, transpose_kernel=True)
 
@@ -267,6 +270,11 @@ def print_table(rows, mm):
               if what == "step" else "")
       print(f"{r['model']:<10} {what:<8}{cells}{ratio:>8.2f}{gf:>9.1f}"
             f"{comp:>20}")
+  print("max |difference| from jaxconv (forward; TF's gradients):")
+  for r in rows:
+    print(f"  {r['model']:<10} " + ", ".join(
+        f"{k.removeprefix('max_')}: {v:.1e}" for k, v in r.items()
+        if k.startswith("max_")))
 
 
 def main(argv=None):

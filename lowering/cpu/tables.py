@@ -224,6 +224,23 @@ _RULES = {"backprop_input": _choose_backprop_input,
           "forward": _choose_forward}
 
 
+def _xla_ahead_of_onednn(primitive, spec, filter_shape) -> bool:
+  """Where an XLA form measured faster than oneDNN's kernel (the rows under
+  'oneDNN' in benchmarks/README.md)."""
+  n = spec.ndim
+  kernel, ci = filter_shape[:n], filter_shape[n]
+  if spec.groups > 1 or (n == 2 and not spec.channels_last):
+    return True  # block-diagonal / shifted-product forms; NCHW reorders
+  if primitive != "backprop_input":
+    # Within training steps oneDNN's filter gradient and forward won every
+    # layer measured (alone, shift_gemm's large filter gradients win).
+    return False
+  strided = any(s > 1 for s in spec.strides)
+  return (math.prod(kernel) == 1 or (strided and ci <= 4)
+          or (n == 2 and tuple(kernel) == tuple(spec.strides))
+          or (strided and any(d > 1 for d in spec.dilations)))
+
+
 def choose(spec: ConvSpec, filter_shape, dtype, batch: int = 1, *,
            primitive: str = "backprop_input",
            native: bool = True) -> tuple[str, str]:
@@ -234,11 +251,12 @@ def choose(spec: ConvSpec, filter_shape, dtype, batch: int = 1, *,
   the oneDNN strategy may be chosen where it can lower (False: the rules
   among XLA's forms, which also serve where it cannot).
   """
-  dtype = np.dtype(dtype)
-  if native and not onednn.refusal(dtype):
+  dtype, filter_shape = np.dtype(dtype), tuple(filter_shape)
+  if (native and not onednn.refusal(dtype)
+      and not _xla_ahead_of_onednn(primitive, spec, filter_shape)):
     return "onednn", _why("oneDNN", "TF's own CPU kernels (backward data, "
                           "backward weights, forward)")
-  return _RULES[primitive](spec, tuple(filter_shape), dtype, batch)
+  return _RULES[primitive](spec, filter_shape, dtype, batch)
 
 
 def _accumulation(dtype):
