@@ -265,6 +265,7 @@ def strategy_per_device(mesh):
     return jax.grad(loss, (0, 1))(w, dy)
 
   def lowered_with(fn, *args):
+    jax.clear_caches()  # lowered afresh: the blocks below take effect
     with lowering.force_strategy() as record:
       jax.jit(fn).lower(*args)
     return dataclasses.asdict(record)
