@@ -2,7 +2,7 @@
 import importlib.metadata as md
 import platform
 
-CORE = ["jax", "jaxlib", "numpy"]
+CORE = ["jax", "jaxlib", "numpy", "onednn-cpu-gomp"]
 INTEGRATIONS = ["tensorflow", "tf2jax", "flax", "keras", "torch"]
 
 
@@ -20,3 +20,8 @@ print(f"tested: Python {platform.python_version()}, "
 if missing:
   print(f"NOT INSTALLED on this leg: {', '.join(missing)} "
         "(their tests fail under JAXCONV_REQUIRE_EXTRAS=1)")
+
+from jaxconv.lowering.cpu import onednn  # noqa: E402
+print("oneDNN back end: " + ("loaded, kernels for " + ", ".join(
+    sorted(str(d) for d in onednn.dtypes())) if onednn.available()
+    else onednn.refusal("float32")))

@@ -6,9 +6,9 @@
 // [N, C, *spatial], filters [*K, C_in / groups, C_out].  They are described
 // to oneDNN by strides (no copy); the primitive itself is created with
 // `format_tag::any`, so oneDNN picks its blocked layouts, and the operands
-// are reordered into them where they differ (attribute layout_any = 0 keeps
-// TF's layouts in the primitive instead).  Every primitive descriptor,
-// primitive and reorder is built once per configuration and cached.
+// are reordered into them where they differ (measured to pay:
+// benchmarks/README.md, "oneDNN").  Every primitive descriptor, primitive
+// and reorder is built once per configuration and cached.
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <algorithm>
@@ -51,14 +51,14 @@ std::optional<memory::data_type> DataType(ffi::DataType type) {
 
 // The geometry of one call, in oneDNN's terms (dims N, C, *spatial).
 struct Geometry {
-  int64_t kind, groups, channels_last, layout_any;
+  int64_t kind, groups, channels_last;
   memory::data_type type;
   memory::dims src, weights, dst, strides, dilations, pad_l, pad_r;
 
   std::string Key() const {
     std::ostringstream key;
-    key << kind << ':' << groups << ':' << channels_last << ':' << layout_any
-        << ':' << static_cast<int>(type);
+    key << kind << ':' << groups << ':' << channels_last << ':'
+        << static_cast<int>(type);
     for (const memory::dims* dims :
          {&src, &weights, &dst, &strides, &dilations, &pad_l, &pad_r}) {
       key << '|';
@@ -140,7 +140,7 @@ std::shared_ptr<Entry> Build(const Geometry& g) {
   e.user[kWeights] = WeightsDesc(g.weights, g.type, g.groups);
   e.user[kDst] = ActivationDesc(g.dst, g.type, g.channels_last);
   memory::desc want[3];
-  for (int r = 0; r < 3; ++r) want[r] = g.layout_any ? Any(e.user[r]) : e.user[r];
+  for (int r = 0; r < 3; ++r) want[r] = Any(e.user[r]);
   memory::dims dilations(g.dilations);
   for (auto& d : dilations) d -= 1;  // oneDNN counts the gaps
   dnnl::primitive_attr attr;
@@ -251,7 +251,7 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b,
                 ffi::Span<const int64_t> dilations,
                 ffi::Span<const int64_t> pad_l,
                 ffi::Span<const int64_t> pad_r, int64_t groups,
-                int64_t channels_last, int64_t layout_any) {
+                int64_t channels_last) {
   auto type = DataType(a.element_type());
   if (!type || b.element_type() != a.element_type() ||
       out->element_type() != a.element_type()) {
@@ -273,7 +273,7 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b,
   } else {
     role[kSrc] = &a; role[kWeights] = nullptr; role[kDst] = &b;
   }
-  Geometry g{kind, groups, channels_last, layout_any, *type};
+  Geometry g{kind, groups, channels_last, *type};
   for (int r = 0; r < 3; ++r) {
     const ffi::AnyBuffer& buf = role[r] ? *role[r] : *out;
     data[r] = buf.untyped_data();
@@ -350,8 +350,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Attr<ffi::Span<const int64_t>>("pad_l")
         .Attr<ffi::Span<const int64_t>>("pad_r")
         .Attr<int64_t>("groups")
-        .Attr<int64_t>("channels_last")
-        .Attr<int64_t>("layout_any"));
+        .Attr<int64_t>("channels_last"));
 
 namespace {
 
@@ -363,7 +362,7 @@ std::string Implementation(const std::string& dtype, int64_t kind) {
                            : dtype == "float16"  ? memory::data_type::f16
                                                  : memory::data_type::undef;
   if (type == memory::data_type::undef) return "unsupported";
-  Geometry g{kind, 1, 1, 1, type, {2, 16, 8, 8}, {16, 16, 3, 3}, {2, 16, 8, 8},
+  Geometry g{kind, 1, 1, type, {2, 16, 8, 8}, {16, 16, 3, 3}, {2, 16, 8, 8},
              {1, 1}, {1, 1}, {1, 1}, {1, 1}};
   try {
     return Build(g)->impl;

@@ -129,7 +129,7 @@ def _call(primitive, a, b, out_shape, spec: ConvSpec):
       pad_l=_i64([lo for lo, _ in spec.padding]),
       pad_r=_i64([hi for _, hi in spec.padding]),
       groups=np.int64(spec.groups),
-      channels_last=np.int64(spec.channels_last), layout_any=np.int64(1))
+      channels_last=np.int64(spec.channels_last))
 
 
 def backprop_input(filt, dy, *, spec: ConvSpec):
