@@ -6,6 +6,7 @@ transformations; the extension turned off."""
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -276,3 +277,21 @@ print(float(np.abs(out - want).max()))
   assert float(proc.stdout.split()[-1]) < 1e-5
   lines = [l for l in proc.stderr.splitlines() if "oneDNN back end" in l]
   assert len(lines) == 1 and "JAXCONV_ONEDNN=0" in lines[0], proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="no cmake here")
+@pytest.mark.parametrize("missing", ["dnnl", "compiler"])
+def test_the_build_goes_on_without_the_extension(tmp_path, missing):
+  """Where oneDNN's CMake package or a C++ compiler is missing, configuring
+  the project succeeds and builds no extension (jaxconv still installs)."""
+  flags = ["-DCMAKE_DISABLE_FIND_PACKAGE_dnnl=TRUE"] if missing == "dnnl" else []
+  env = ({**os.environ, "CXX": "/nonexistent/c++"} if missing == "compiler"
+         else os.environ)
+  proc = subprocess.run(
+      ["cmake", "-S", str(ROOT), "-B", str(tmp_path),
+       f"-DPython_EXECUTABLE={sys.executable}", *flags],
+      capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  said = " ".join((proc.stderr + proc.stdout).split())  # CMake wraps lines
+  assert "the oneDNN back end is not built" in said
+  assert "_onednn" not in (tmp_path / "Makefile").read_text()
