@@ -232,8 +232,8 @@ def _xla_ahead_of_onednn(primitive, spec, filter_shape) -> bool:
   if spec.groups > 1 or (n == 2 and not spec.channels_last):
     return True  # block-diagonal / shifted-product forms; NCHW reorders
   if primitive != "backprop_input":
-    # Within training steps oneDNN's filter gradient and forward won every
-    # layer measured (alone, shift_gemm's large filter gradients win).
+    # Inside training steps oneDNN's filter gradient and forward came out
+    # ahead (alone, shift_gemm's large filter gradients are faster).
     return False
   strided = any(s > 1 for s in spec.strides)
   return (math.prod(kernel) == 1 or (strided and ci <= 4)
