@@ -33,20 +33,30 @@ def as_string(value, name: str):
   return value
 
 
+def as_array(x, name: str):
+  """An array (JAX, NumPy or tracer) from what `lax` takes: an object with
+  `__jax_array__` (a Keras Variable, an `nnx.Param`), a nested list or a
+  Python number (converted to TF's default dtypes, float32 and int32)."""
+  if hasattr(x, "__jax_array__") and not isinstance(x, jax.Array):
+    return x.__jax_array__()  # JAX no longer does this when binding
+  if hasattr(x, "dtype") and hasattr(x, "shape"):
+    return x
+  try:
+    x = np.asarray(x)
+  except (ValueError, TypeError) as e:
+    raise TypeError(f"{name} must be an array or nested list of numbers: {e}"
+                    ) from None
+  if x.dtype == np.float64:
+    return x.astype(np.float32)
+  if x.dtype == np.int64:
+    return x.astype(np.int32)
+  return x
+
+
 def as_operand(x, name: str, dtypes=WITH_INT32):
-  """An array operand (NumPy, JAX, nested list or tracer) with a dtype in
-  `dtypes` (TF's list for the op: only Conv2DBackpropInput takes int32)."""
-  if not hasattr(x, "dtype") or not hasattr(x, "shape"):
-    try:
-      x = np.asarray(x)
-    except (ValueError, TypeError) as e:
-      raise TypeError(f"{name} must be an array or nested list of numbers: {e}"
-                      ) from None
-    # TF converts Python lists to its default dtypes.
-    if x.dtype == np.float64:
-      x = x.astype(np.float32)
-    elif x.dtype == np.int64:
-      x = x.astype(np.int32)
+  """`as_array(x)` with a dtype in `dtypes` (TF's list for the op: only
+  Conv2DBackpropInput takes int32)."""
+  x = as_array(x, name)
   if np.dtype(x.dtype) not in dtypes:
     raise TypeError(f"{name} has dtype {x.dtype}; expected one of "
                     f"{', '.join(map(str, dtypes))}")

@@ -15,7 +15,7 @@ and inputs that abort TF's process raise ValueError/TypeError.
 """
 from __future__ import annotations
 
-from jaxconv import core
+from jaxconv import attrs, core
 from jaxconv.ops import OPS
 
 __all__ = [
@@ -33,10 +33,7 @@ def _check_cudnn(use_cudnn_on_gpu):
 
 def _shape_of(tensor, name):
   """The static shape of a tensor argument of a V2/v1 op."""
-  if not hasattr(tensor, "shape"):
-    raise TypeError(f"{name} must be an array (its shape is used), got "
-                    f"{type(tensor).__name__}")
-  return list(tensor.shape)
+  return list(attrs.as_array(tensor, name).shape)
 
 
 def Conv2DBackpropInput(*, input_sizes, filter, out_backprop, strides,  # noqa: N802

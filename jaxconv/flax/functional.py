@@ -21,6 +21,7 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
+from jaxconv.attrs import as_array
 from jaxconv.primitives import conv_backprop_input
 from jaxconv.lowering.geometry import (ConvSpec, fitting_padding, forward_output_size,
                                forward_padding, transposed_output_size)
@@ -119,6 +120,8 @@ class ConvTransposeConfig:
   def __call__(self, x, kernel, bias=None, output_shape=None):
     """Apply to `x` ([N, *S, C_in], channels first if configured)."""
     n = self.ndim
+    x, kernel = as_array(x, "input"), as_array(kernel, "kernel")
+    bias = None if bias is None else as_array(bias, "bias")
     if x.ndim != n + 2:
       raise ValueError(f"input must be {n + 2}-dimensional for a {n}-D "
                        f"transposed conv, got shape {x.shape}")
