@@ -10,7 +10,9 @@ tf2jax (0.3.x) converts `Conv2DBackpropInput` with `lax.conv_transpose`,
 dropping `input_sizes`, and refuses the rest of the family and TF's
 gradient graphs.  Here every op of the family, the forward convs their
 gradients contain, `ShapeN` and `BiasAddGrad` convert with jaxconv's
-TF-exact functions (`converters.py`).  Needs the `tf2jax` extra.
+TF-exact functions (`converters.py`); the activation, pooling and
+batch-norm gradients of training graphs, which tf2jax lacks, with TF's
+formulas (`gradients.py`).  Needs the `tf2jax` extra.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import functools
 
 import tf2jax
 
-from jaxconv.tf2jax import _table
-from jaxconv.tf2jax.converters import CONVERTERS
+from jaxconv.tf2jax import _table, converters, gradients
+
+CONVERTERS = {**converters.CONVERTERS, **gradients.CONVERTERS}
 
 __all__ = ["convert", "convert_from_restored", "convert_functional",
            "convert_functional_from_restored", "override"]
