@@ -84,9 +84,9 @@ def test_python_numbers_and_lists_take_tfs_default_dtypes():
 
 
 def test_layer_core_takes_params():
-  """The layers' functional core (jaxconv.flax.ConvTransposeConfig, under
+  """The layers. functional core (jaxconv.layers.ConvTransposeConfig, under
   the Flax, Keras and Equinox layers): kernel and bias as nnx.Param."""
-  from jaxconv.flax import ConvTransposeConfig
+  from jaxconv.layers import ConvTransposeConfig
   config = ConvTransposeConfig.make((3, 3), strides=2)
   rng = np.random.default_rng(1)
   x = rng.standard_normal((2, 5, 5, 4)).astype(np.float32)

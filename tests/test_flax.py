@@ -14,7 +14,7 @@ import tensorflow as tf
 import torch
 from flax import nnx
 
-from jaxconv.flax import ConvTransposeConfig
+from jaxconv.layers import ConvTransposeConfig
 from jaxconv.flax import linen as jlinen
 from jaxconv.flax import nnx as jnnx
 

@@ -168,7 +168,7 @@ def test_layers_defer_to_keras_on_other_backends():
 
 def test_a_changed_keras_internal_fails_loudly(monkeypatch):
   from keras.src.backend.jax import nn
-  from jaxconv.keras import _internals
+
   monkeypatch.setattr(nn, "conv_transpose", lambda inputs, kernel: None)
   with pytest.raises(RuntimeError, match="cannot route Keras"):
     jk.use_jaxconv()

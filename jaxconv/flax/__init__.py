@@ -7,10 +7,10 @@
                                         # -> (module, variables)
 
 Both modules hold only parameters; the computation is one functional core
-(`functional.ConvTransposeConfig`) that binds the family's primitive.
+(`jaxconv.layers.ConvTransposeConfig`) that binds the family's primitive.
 Needs the `flax` extra (`pip install 'jaxconv[flax]'`).
 """
 from jaxconv.flax import linen, nnx
-from jaxconv.flax.functional import ConvTransposeConfig
+from jaxconv.layers import ConvTransposeConfig
 
 __all__ = ["ConvTransposeConfig", "linen", "nnx"]

@@ -1,5 +1,5 @@
 """`jaxconv.flax.linen.ConvTranspose`: a `flax.linen.Module` with TF's/
-PyTorch's transposed-conv semantics (see `jaxconv.flax.functional`)."""
+PyTorch's transposed-conv semantics (see `jaxconv.layers.functional`)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxconv.flax import porting
-from jaxconv.flax.functional import ConvTransposeConfig
+from jaxconv.layers import ConvTransposeConfig, porting
 from jaxconv.flax.nnx import default_kernel_init
 
 

@@ -1,5 +1,5 @@
 """`jaxconv.flax.nnx.ConvTranspose`: a `flax.nnx.Module` with TF's/PyTorch's
-transposed-conv semantics (see `jaxconv.flax.functional`)."""
+transposed-conv semantics (see `jaxconv.layers.functional`)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,8 +7,7 @@ from typing import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxconv.flax import porting
-from jaxconv.flax.functional import ConvTransposeConfig
+from jaxconv.layers import ConvTransposeConfig, porting
 
 # Fan-in from in_features (the kernel's last axis), as flax.nnx.ConvTranspose.
 default_kernel_init = nnx.initializers.lecun_normal(in_axis=-1, out_axis=-2)

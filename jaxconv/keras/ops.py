@@ -1,10 +1,10 @@
 """`conv_transpose` with the JAX backend's signature (`keras.ops`), computed
 by jaxconv's `conv_backprop_input` primitive through the layers' functional
-core (`jaxconv.flax.functional`): Keras's sizes (TF's), jaxconv's speed and
+core (`jaxconv.layers.functional`): Keras's sizes (TF's), jaxconv's speed and
 gradients."""
 from __future__ import annotations
 
-from jaxconv.flax.functional import ConvTransposeConfig
+from jaxconv.layers import ConvTransposeConfig
 
 
 def conv_transpose(inputs, kernel, strides=1, padding="valid",

@@ -1,4 +1,4 @@
-"""The one functional core under `jaxconv.flax.nnx` and `jaxconv.flax.linen`.
+"""The functional core under every layer (Flax nnx and linen, Keras, Equinox).
 
 A transposed convolution with Keras's and PyTorch's hyperparameters,
 computed by the `conv_backprop_input` primitive (so jit, vmap, grad of any
