@@ -262,3 +262,21 @@ def test_training_steps_of_keras_models_match_tf(name):
   for v in model.variables:  # weights and BatchNorm's moving statistics
     np.testing.assert_allclose(np.asarray(params[v.path]), v.numpy(),
                                rtol=0, atol=1e-5, err_msg=f"{name}: {v.path}")
+
+
+@pytest.mark.parametrize("out_channels,route", [(3, "standard"),
+                                                (16, "standard"),
+                                                (32, "eigen")])
+def test_converted_forward_conv_route(out_channels, route):
+  """A converted model's few-output-channel Conv2D (a decoder's last
+  layer) keeps XLA's own convolution, plain tf2jax's form, where it beat
+  Eigen's (benchmarks/README.md); the native back end off."""
+  import jaxconv
+  x, w = _randn(2, 12, 12, 24), _randn(5, 5, 24, out_channels)
+  fn = tf.function(lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"))
+  jax_fn, params = bridge.convert(fn, x, w)
+  with jaxconv.xla_strategies(), jaxconv.force_strategy() as lowered:
+    got, _ = jax.jit(jax_fn)(params, x, w)
+  assert lowered.forward == [route]
+  np.testing.assert_allclose(np.asarray(got), fn(x, w).numpy(), rtol=0,
+                             atol=2e-5 * np.max(np.abs(fn(x, w).numpy())))

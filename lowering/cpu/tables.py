@@ -208,12 +208,21 @@ def _choose_backprop_filter(spec, filter_shape, dtype, batch):
   return "standard", _why("the rest", "XLA's own filter-gradient convolution")
 
 
+# A forward conv's output channels up to which XLA's own (YNNPACK) form beat
+# Eigen's (benchmarks/README.md, "Why each CPU rule": forward).
+FEW_OUTPUT_CHANNELS = 16
+
+
 def _choose_forward(spec, filter_shape, dtype, batch):
   del dtype, batch
   if depthwise.applies(spec, filter_shape):
     return "depthwise", _why("depthwise", "fused shifted products")
   if spec.groups > 1:
     return "grouped", _why("grouped", "dense block-diagonal sub-problems")
+  if filter_shape[-1] <= FEW_OUTPUT_CHANNELS:
+    return "standard", _why(
+        f"<= {FEW_OUTPUT_CHANNELS} output channels", "XLA's own convolution "
+        "(as tf2jax converts Conv2D), ahead of Eigen's there")
   return "eigen", _why(
       "one group", "the standard convolution, kept off YNNPACK where that "
       "is faster (lowering/cpu/eigen_conv.py)")
