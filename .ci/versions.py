@@ -3,7 +3,7 @@ import importlib.metadata as md
 import platform
 
 CORE = ["jax", "jaxlib", "numpy", "onednn-cpu-gomp"]
-INTEGRATIONS = ["tensorflow", "tf2jax", "flax", "keras", "torch"]
+INTEGRATIONS = ["tensorflow", "tf2jax", "flax", "keras", "equinox", "torch"]
 
 
 def version(dist):

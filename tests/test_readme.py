@@ -4,7 +4,7 @@ import re
 
 from tests.helpers import require
 
-require("flax", "keras", "tensorflow", "torch", "tf2jax")
+require("flax", "keras", "tensorflow", "torch", "tf2jax", "equinox")
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -19,7 +19,7 @@ def _section(title: str) -> str:
 def test_porting_examples_run():
   blocks = re.findall(r"```python\n(.*?)```", _section(
       "Porting from TensorFlow / Keras / PyTorch"), re.S)
-  assert len(blocks) == 2
+  assert len(blocks) == 4
   namespace = {}
   for block in blocks:
     exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
