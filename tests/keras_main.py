@@ -8,6 +8,7 @@ fit model's weights and data; OUT gets what jaxconv.keras computes (values,
 gradients, the stock layer's under use_jaxconv(), the fitted weights and
 losses, predictions of the .keras file saved to DIR and reloaded).
 """
+import contextlib
 import json
 import os
 import pathlib
@@ -55,20 +56,12 @@ def _case(out, i, arrays):
     layer = cls.from_config(cfg)
     layer.build(x.shape)
     layer.set_weights(weights)
-    with jk.use_jaxconv() if kind == "stock" else _nothing():
+    with jk.use_jaxconv() if kind == "stock" else contextlib.nullcontext():
       results = _values_and_grads(layer, x, ct)
       out[f"{i}.{kind}.routed"] = _uses_jaxconv(layer, x)
     for j, r in enumerate(results):
       out[f"{i}.{kind}.{j}"] = np.asarray(r)
   out[f"{i}.stock_after_undo"] = not _uses_jaxconv(layer, x)
-
-
-class _nothing:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *_):
-    pass
 
 
 def _fit_model(shape):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxconv.lowering import index
 from jaxconv.lowering.geometry import forward_padding
 from jaxconv.tf2jax.converters import _attributes, _named, _static
 
@@ -164,14 +165,13 @@ def _max_pool3d_grad(proto):
                      [(lo, hi, 0) for lo, hi in pads])
     dx = jnp.zeros(padded.shape, g.dtype)
     for tap in np.ndindex(*ksize):  # each window position in turn
-      limit = [t + (n - 1) * s + 1 for t, n, s in zip(tap, y.shape, strides)]
-      seen = lax.slice(padded, tap, limit, strides)
+      axes = list(zip(tap, y.shape, strides))
+      seen = index.window(padded, dict(enumerate(axes)))
       share = jnp.where(seen == y, g, 0)
-      dx = dx + lax.pad(share, np.array(0, g.dtype), [
-          (t, size - lim, s - 1) for t, size, lim, s in zip(
-              tap, padded.shape, limit, strides)])
-    return lax.slice(dx, [lo for lo, _ in pads],
-                     [lo + n for (lo, _), n in zip(pads, x.shape)])
+      dx = dx + index.pad_zeros(share, [
+          (t, size - t - (n - 1) * s - 1, s - 1)
+          for (t, n, s), size in zip(axes, padded.shape)])
+    return index.pad_zeros(dx, [(-lo, -hi) for lo, hi in pads])  # crop
   return _named(proto, func)
 
 
