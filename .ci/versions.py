@@ -3,7 +3,8 @@ import importlib.metadata as md
 import platform
 
 CORE = ["jax", "jaxlib", "numpy", "onednn-cpu-gomp"]
-INTEGRATIONS = ["tensorflow", "tf2jax", "flax", "keras", "equinox", "torch"]
+INTEGRATIONS = ["tensorflow", "tf2jax", "flax", "keras", "equinox", "jax2onnx",
+                "onnxruntime", "torch"]
 
 
 def version(dist):
