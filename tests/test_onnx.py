@@ -154,3 +154,149 @@ def test_onnx_runtime_matches_tensorflow_and_jax(i):
   # One convolution node (an empty result: none, only zeros).
   convs = [op for op in ops_of(model) if op in ("Conv", "ConvTranspose")]
   assert len(convs) == (0 if _empty(call["cfg"]) else 1), ops_of(model)
+
+
+# --- shapes, dtypes, node counts --------------------------------------------
+
+
+def _up2d(dy, w):
+  return jaxconv.nn.conv2d_transpose(dy, w, (dy.shape[0], 13, 13, 4), 2,
+                                     "SAME")
+
+
+def _up3d_ncdhw(dy, w):
+  return jaxconv.nn.conv3d_transpose(dy, w, (dy.shape[0], 3, 7, 6, 11),
+                                     [1, 1, 2, 1, 2], "VALID", "NCDHW")
+
+
+def _filter_grad(x, w, dy):
+  return jaxconv.raw_ops.Conv2DBackpropFilterV2(
+      input=x, filter=w, out_backprop=dy, strides=[1, 2, 2, 1],
+      padding="SAME")
+
+
+def _depthwise_filter_grad(x, dy):
+  return jaxconv.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+      input=x, filter_sizes=[3, 3, 4, 2], out_backprop=dy,
+      strides=[1, 1, 1, 1], padding="VALID")
+
+
+SYMBOLIC = {  # f: its tensors' shapes, "B" the batch
+    _up2d: [("B", 7, 7, 8), (3, 3, 4, 8)],
+    _up3d_ncdhw: [("B", 6, 3, 4, 5), (2, 3, 2, 3, 6)],
+    _filter_grad: [("B", 9, 9, 4), (3, 3, 4, 6), ("B", 5, 5, 6)],
+    _depthwise_filter_grad: [("B", 6, 6, 4), ("B", 4, 4, 8)],
+}
+
+
+@pytest.mark.parametrize("f", SYMBOLIC, ids=lambda f: f.__name__)
+def test_a_symbolic_batch_runs_at_any_batch(f):
+  shapes = SYMBOLIC[f]
+  model = jax2onnx.to_onnx(f, shapes)
+  assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "B"
+  session = _session(model)
+  rng = np.random.default_rng(0)
+  for batch in (1, 3, 5):
+    arrays = [rng.standard_normal([batch if d == "B" else d for d in s])
+              .astype(np.float32) for s in shapes]
+    out, = session.run(None, {s.name: a for s, a in
+                              zip(session.get_inputs(), arrays)})
+    assert_close(out, np.asarray(f(*arrays)).astype(np.float64), "float32",
+                 (f.__name__, batch))
+
+
+def _transpose_case(dtype):
+  rng = np.random.default_rng(0)
+  dy = rng.standard_normal((2, 5, 5, 6)).astype(dtype)
+  w = rng.standard_normal((3, 3, 4, 6)).astype(dtype)
+
+  def f(dy, w):
+    return jaxconv.nn.conv2d_transpose(dy, w, (2, 12, 12, 4), strides=2,
+                                       padding="VALID")
+  return f, dy, w
+
+
+def test_the_op_is_one_conv_transpose_with_tf_sizes():
+  f, dy, w = _transpose_case(np.float32)
+  (out,), model = run_onnx(f, dy, w)
+  assert out.shape == (2, 12, 12, 4)  # a row TF adds: output_padding
+  assert sorted(ops_of(model)) == ["ConvTranspose"] + ["Transpose"] * 3
+  assert_close(out, np.asarray(f(dy, w)).astype(np.float64), "float32")
+
+
+def test_bfloat16_is_computed_in_float32_between_casts():
+  f, dy, w = _transpose_case(ml_dtypes.bfloat16)
+  (out,), model = run_onnx(lambda *a: f(*a).astype(jnp.float32), dy, w)
+  assert ops_of(model).count("Cast") >= 3  # two operands in, one out
+  want = np.asarray(f(dy, w)).astype(np.float64)
+  assert_close(out, want, "bfloat16")
+
+
+def test_float64_is_refused_with_the_dtype_named():
+  with jax.enable_x64(True):
+    f, dy, w = _transpose_case(np.float64)
+    with pytest.raises(ValueError, match="float64.*no float64 kernel"):
+      jax2onnx.to_onnx(f, [jax.ShapeDtypeStruct(a.shape, a.dtype)
+                           for a in (dy, w)], enable_double_precision=True)
+
+
+# --- a training step ---------------------------------------------------------
+
+
+def test_a_training_step_converts_and_runs():
+  """loss(w1, w2) of a two-layer decoder; its gradients (the filter
+  gradient and forward partners) and one SGD step, as one ONNX graph."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 4, 4, 8)).astype(np.float32)
+  target = rng.standard_normal((2, 15, 15, 2)).astype(np.float32)
+  w1 = rng.standard_normal((3, 3, 4, 8)).astype(np.float32) * 0.3
+  w2 = rng.standard_normal((3, 3, 2, 4)).astype(np.float32) * 0.3
+
+  def loss(w1, w2, x, target):
+    h = jax.nn.relu(jaxconv.nn.conv2d_transpose(x, w1, (2, 8, 8, 4), 2,
+                                                "SAME"))
+    y = jaxconv.nn.conv2d_transpose(h, w2, (2, 15, 15, 2), 2, "SAME")
+    return jnp.mean((y - target) ** 2)
+
+  def step(w1, w2, x, target):
+    value, (g1, g2) = jax.value_and_grad(loss, (0, 1))(w1, w2, x, target)
+    return value, w1 - 0.1 * g1, w2 - 0.1 * g2
+
+  got, model = run_onnx(step, w1, w2, x, target)
+  ops = ops_of(model)
+  assert ops.count("ConvTranspose") == 2 and ops.count("Conv") == 3, ops
+  for g, want in zip(got, step(w1, w2, x, target)):
+    assert_close(g, np.asarray(want).astype(np.float64), "float32")
+
+
+# --- Keras's own export; jax2onnx's internals ------------------------------
+
+
+def test_keras_exports_a_jaxconv_decoder_to_onnx(tmp_path):
+  require("keras")
+  env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+  subprocess.run([sys.executable, "-m", "tests.onnx_keras_main",
+                  str(tmp_path)], check=True, env=env, cwd=ROOT, timeout=300)
+  model = onnx.load(tmp_path / "decoder.onnx")
+  assert ops_of(model).count("ConvTranspose") == 3
+  io = np.load(tmp_path / "io.npz")
+  session = _session(model)
+  for batch in (2, 1):  # Keras leaves the batch symbolic
+    inputs = [io[f"arr_{k}"][:batch] for k in range(3)]
+    out, = session.run(None, {s.name: a for s, a in
+                              zip(session.get_inputs(), inputs)})
+    assert out.shape == (batch, 15, 15, 1)
+    assert_close(out, io["predicted"][:batch].astype(np.float64), "float32")
+
+
+def test_changed_jax2onnx_internals_fail_loudly():
+  code = ("import sys, types; "
+          "sys.modules['jax2onnx.plugins.plugin_system'] = "
+          "types.ModuleType('jax2onnx.plugins.plugin_system'); "
+          "import jaxconv.onnx")
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+  assert run.returncode != 0
+  assert "ImportError: jaxconv.onnx cannot register its lowerings" in (
+      run.stderr), run.stderr[-2000:]
+  assert ">=0.17,<0.18" in run.stderr
