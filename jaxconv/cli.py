@@ -26,6 +26,8 @@ _EXPORTABLE = {primitive: tuple(n for n in names if n != "onednn")
 _CPU_NAMES = tuple(dict.fromkeys(
     (*_EXPORTABLE["backprop_input"], *_EXPORTABLE["backprop_filter"])))
 
+FORMATS = ("text", "serialized", "onnx", "tflite")
+
 EXAMPLES = """examples:
   jaxconv export
       print the StableHLO of the default layer (U-Net decoder: input
@@ -42,6 +44,12 @@ EXAMPLES = """examples:
   jaxconv export --batch N --platforms cpu,cuda,rocm,tpu --grad --format serialized -o up.bin
       a symbolic batch, four platforms, the op with its VJP, as a
       serialized artifact (load it with jax.export.deserialize)
+  jaxconv export --grad --format serialized --vjp-order 2 -o up2.bin
+      an artifact whose VJP can itself be differentiated once more
+  jaxconv export --batch N --format onnx -o up.onnx
+      an ONNX model (one ConvTranspose) for ONNX Runtime
+  jaxconv export --input-sizes 1,7,7,8 --filter-sizes 3,3,8,16 --format tflite -o up.tflite
+      a TFLite model; stderr says which CPU form TFLite computes right
 
 ops: """ + ", ".join(OPS) + """
 cpu strategies (--cpu-strategy): input gradients """ + ", ".join(
@@ -132,11 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
                   "platform)")
   ex.add_argument("--grad", action="store_true", help="export f(*operands, "
                   "ct) -> (result, *d_operands): the op and its VJP")
-  ex.add_argument("--format", choices=("text", "serialized"), default="text",
-                  help="StableHLO text, or jax.export's serialized bytes "
-                  "(default: text)")
+  ex.add_argument("--format", choices=FORMATS, default="text",
+                  help="StableHLO text; jax.export's serialized bytes; an "
+                  "ONNX model (jax2onnx with jaxconv.onnx: the 'onnx' "
+                  "extra); a TFLite flatbuffer (float32, the op alone: "
+                  "the first CPU form that TFLite computes right, checked "
+                  "in its interpreter and named on stderr). Default: text")
+  ex.add_argument("--vjp-order", type=int, metavar="N", help="serialized: "
+                  "how many orders of VJPs the artifact carries (default: "
+                  "1 with --grad, else 0)")
   ex.add_argument("-o", "--output", metavar="FILE",
-                  help="write here instead of stdout (required for serialized)")
+                  help="write here instead of stdout (required for all but "
+                  "text)")
   ex.add_argument("--check", action="store_true", help="also run the op on "
                   "random data and report the max error against the float64 "
                   "NumPy reference (on stderr)")
@@ -203,21 +218,52 @@ def main(argv=None) -> int:
   if unknown:
     parser.exit(2, f"jaxconv: error: --platforms: unknown platform(s) "
                 f"{sorted(unknown)}; choose from cpu,cuda,rocm,tpu\n")
-  if args.format == "serialized" and not args.output:
-    parser.exit(2, "jaxconv: error: --format serialized needs -o/--output FILE\n")
+  for problem in _format_problems(args):
+    parser.exit(2, f"jaxconv: error: {problem}\n")
   import jax
   with jax.enable_x64(args.dtype == "float64"):  # JAX's default mode else
     return _export(args, parser, platforms)
 
 
+def _format_problems(args):
+  """What the flags ask of --format that it cannot give."""
+  if args.format != "text" and not args.output:
+    yield f"--format {args.format} needs -o/--output FILE"
+  if args.vjp_order is not None and (args.format != "serialized"
+                                     or args.vjp_order < 0):
+    yield (f"--vjp-order {args.vjp_order}: a number >= 0, with --format "
+           "serialized only")
+  if args.format in ("onnx", "tflite"):
+    for flag, value in (("--platforms", args.platforms),
+                        ("--cpu-strategy", args.cpu_strategy)):
+      if value is not None:
+        yield f"{flag} is for StableHLO exports, not --format {args.format}"
+  if args.format == "tflite":
+    for flag, value in (("--grad", args.grad), ("--batch", args.batch)):
+      if value:
+        yield f"{flag}: --format tflite exports the op alone, static shapes"
+
+
 def _export(args, parser, platforms) -> int:
+  from jaxconv import deploy
   from jaxconv.export import export_layer
   try:
     config = _validated(args)
     _log(f"exporting {config} ...")
-    _log(f"exported form: {_form(args, config)}")
-    exported = export_layer(config, batch=args.batch, platforms=platforms,
-                            grad=args.grad, cpu_strategy=args.cpu_strategy)
+    if args.format == "onnx":
+      exported = deploy.onnx(config, batch=args.batch, grad=args.grad)
+      _log("exported form: ONNX (jax2onnx with jaxconv.onnx: the op a "
+           + ("Conv" if config.filter_gradient else "ConvTranspose")
+           + " node)")
+    elif args.format == "tflite":
+      exported, form, err = deploy.tflite(config, log=_log)
+      _log(f"exported form: TFLite from the XLA CPU strategy {form} of "
+           f"{config.primitive}: checked in TFLite's interpreter, max error "
+           f"{err:.2g} of the result's scale")
+    else:
+      _log(f"exported form: {_form(args, config)}")
+      exported = export_layer(config, batch=args.batch, platforms=platforms,
+                              grad=args.grad, cpu_strategy=args.cpu_strategy)
   except (ValueError, TypeError) as e:
     parser.exit(2, f"jaxconv: error: {_flag_hint(str(e))}\n")
   except Exception as e:  # noqa: BLE001 - one line, never a traceback
@@ -281,8 +327,13 @@ def _write(args, exported) -> None:
     else:
       sys.stdout.write(text)
   else:
+    if args.format == "serialized":
+      order = args.vjp_order if args.vjp_order is not None else int(args.grad)
+      exported = exported.serialize(vjp_order=order)
+    elif args.format == "onnx":
+      exported = exported.SerializeToString()
     with open(args.output, "wb") as f:
-      f.write(exported.serialize(vjp_order=1 if args.grad else 0))
+      f.write(exported)
   if args.output:
     _log(f"wrote {args.output}")
 

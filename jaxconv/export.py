@@ -170,6 +170,22 @@ def export_layer(config: LayerConfig, *, batch: str | None = None,
     raise ValueError(f"cpu_strategy: {cpu_strategy!r} is a custom call, which "
                      "an exported artifact cannot carry; choose 'auto' or an "
                      "XLA strategy")
+  fn, args = layer_function(config, batch=batch, grad=grad)
+  if cpu_strategy is None:
+    form = lowering.portable()
+  elif cpu_strategy == "auto":
+    form = contextlib.nullcontext()
+  else:
+    form = lowering.force_strategy(**{config.primitive: cpu_strategy})
+  with form:
+    return jax_export.export(jax.jit(fn), platforms=platforms)(*args)
+
+
+def layer_function(config: LayerConfig, *, batch: str | None = None,
+                   grad: bool = False):
+  """(f, argument specs) of what an export holds: the op, or with `grad`
+  f(*operands, ct) -> (result, *d_operands); `batch` names a symbolic
+  batch dimension."""
   dtype = jnp.dtype(config.dtype)
   b = None
   if batch is not None:
@@ -178,19 +194,12 @@ def export_layer(config: LayerConfig, *, batch: str | None = None,
   args = [jax.ShapeDtypeStruct(shapes[n], dtype)
           for n in config.operand_names()]
   op = config.op_fn(b)
-  if cpu_strategy is None:
-    form = lowering.portable()
-  elif cpu_strategy == "auto":
-    form = contextlib.nullcontext()
-  else:
-    form = lowering.force_strategy(**{config.primitive: cpu_strategy})
-  with form:
-    if not grad:
-      return jax_export.export(jax.jit(op), platforms=platforms)(*args)
+  if not grad:
+    return op, args
 
-    def op_and_vjp(*operands_and_ct):
-      *operands, ct = operands_and_ct
-      out, vjp = jax.vjp(op, *operands)
-      return (out, *vjp(ct))
-    return jax_export.export(jax.jit(op_and_vjp), platforms=platforms)(
-        *args, jax.eval_shape(op, *args))
+  def op_and_vjp(*operands_and_ct):
+    *operands, ct = operands_and_ct
+    out, vjp = jax.vjp(op, *operands)
+    return (out, *vjp(ct))
+  op_and_vjp.__name__ = f"{config.op}_and_vjp"
+  return op_and_vjp, [*args, jax.eval_shape(op, *args)]
