@@ -1,7 +1,6 @@
 """`jaxconv.onnx`: the family converted by jax2onnx and run in ONNX Runtime,
 against TF's golden data (tests/golden/) and the JAX result; symbolic
 batch, dtypes, node counts, a training step, Keras's own ONNX export."""
-import json
 import os
 import pathlib
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REQUIRE_EXTRAS, assert_close, require
+from tests.helpers import assert_close, require
 
 require("jax2onnx", "onnxruntime", "onnx")
 
@@ -65,7 +64,7 @@ def _tensor_names(kwargs):
 
 def _golden_function(call):
   """f(*tensors) calling the call's jaxconv function, and the tensors."""
-  names, arrays = _tensor_names(call["kwargs"]), None
+  names = _tensor_names(call["kwargs"])
 
   def f(*tensors):
     given = dict(zip(names, tensors))
