@@ -20,9 +20,9 @@ from jaxconv import lowering
 from jaxconv.export import LayerConfig, layer_function
 from jaxconv.lowering.cpu import STRATEGIES, applies
 
-# The forms tried for TFLite, first to last: the ones it was seen to convert
-# right first (dots, matmuls and stride-1 convolutions; see
-# benchmarks/README.md, "Deploy"), then every other XLA strategy.
+# The forms tried for TFLite, first to last: those it was seen to convert
+# right (dots, matmuls, stride-1 convolutions; the portable forms' lhs
+# dilation it refuses or miscomputes) first, then every other XLA strategy.
 _TFLITE_FIRST = {"backprop_input": ("subpixel", "subpixel_fused",
                                     "gemm_col2im"),
                  "backprop_filter": ("standard", "depthwise", "grouped"),

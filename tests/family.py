@@ -38,6 +38,19 @@ def spatial(values, fmt):
   return list(values[1:-1]) if fmt[-1] == "C" else list(values[2:])
 
 
+def crops(cfg) -> bool:
+  """Whether a generic config's explicit pads exceed the dilated kernel's
+  reach (the input gradient crops its full result)."""
+  n, pads = len(cfg["strides"]) - 2, cfg["explicit_paddings"]
+  if not pads:
+    return False
+  k = cfg["filter_shape"][:n]
+  d = spatial(cfg["dilations"], cfg["data_format"])
+  pairs = spatial([pads[2 * i:2 * i + 2] for i in range(n + 2)],
+                  cfg["data_format"])
+  return any(max(p) > (kk - 1) * dd for p, kk, dd in zip(pairs, k, d))
+
+
 def _window_form(rng, values, fmt, n):
   """strides/dilations as TF's wrappers take them: int, [v], n or n + 2,
   or None for all ones."""

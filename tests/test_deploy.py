@@ -13,7 +13,7 @@ import onnxruntime as ort  # noqa: E402
 from jax import export as jax_export  # noqa: E402
 
 from jaxconv import cli, deploy  # noqa: E402
-from jaxconv.export import LayerConfig  # noqa: E402
+from jaxconv.export import LayerConfig, layer_function  # noqa: E402
 
 CASES = {"odd": LayerConfig((1, 7, 7, 8), (3, 3, 8, 16), (1, 2, 2, 1), "SAME"),
          "even": LayerConfig((1, 8, 8, 8), (3, 3, 8, 16), (1, 2, 2, 1),
@@ -69,18 +69,23 @@ def test_onnx_export_with_a_symbolic_batch(tmp_path):
 
 
 def test_vjp_order_two_differentiates_the_vjp(tmp_path):
-  path = tmp_path / "up.bin"
+  config, path = CASES["odd"], tmp_path / "up.bin"
   assert cli.main(["export", "--input-sizes", "1,7,7,8", "--filter-sizes",
                    "3,3,8,16", "--grad", "--format", "serialized",
                    "--vjp-order", "2", "-o", str(path)]) == 0
   exported = jax_export.deserialize(bytearray(path.read_bytes()))
-  filt, dy = _operands(CASES["odd"])
-  ct = np.ones((1, 7, 7, 8), np.float32)
+  filt, dy = _operands(config)
+  ct = np.random.default_rng(2).standard_normal((1, 7, 7, 8)).astype(
+      np.float32)
+  fn, _ = layer_function(config, grad=True)
 
-  def g(f):  # the d(filter) of the VJP, differentiated once more
-    return exported.call(f, dy, ct)[1].sum()
-  grad = jax.grad(g)(filt)
-  assert grad.shape == filt.shape and np.all(np.isfinite(grad))
+  def second(call):  # two orders of derivatives of the artifact's call
+    def first(d):
+      return jax.grad(lambda e: (call(filt, e, ct)[1] ** 3).sum())(d)
+    return jax.grad(lambda d: (first(d) ** 2).sum())(dy)
+  got, want = second(exported.call), second(fn)
+  assert np.max(np.abs(want)) > 0
+  assert_close(got, np.asarray(want, np.float64), "float32")
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -23,7 +23,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from jaxconv.lowering.geometry import effective_size
+from jaxconv.lowering.geometry import transposed_output_size
+from jaxconv.lowering.index import any_empty, is_static
 from jaxconv.onnx import _jax2onnx
 from jaxconv.primitives import (conv_backprop_filter_p, conv_backprop_input_p,
                                 conv_forward_p)
@@ -86,9 +87,9 @@ def _backprop_input(g, eqn, filt, dy, dtype, name):
   filt_var, dy_var = eqn.invars
   kernel = filt_var.aval.shape[:n]
   dy_spatial = [dy_var.aval.shape[a] for a in spec.spatial_axes]
-  full = [s * (o - 1) + effective_size(k, d) - b - a
-          for s, o, k, d, (b, a) in zip(spec.strides, dy_spatial, kernel,
-                                        spec.dilations, spec.padding)]
+  full = [transposed_output_size(o, k, s, d, pad)
+          for o, k, s, d, pad in zip(dy_spatial, kernel, spec.strides,
+                                     spec.dilations, spec.padding)]
   return _from_channels_first(
       g, "ConvTranspose", _to_channels_first(g, dy, dy_var, spec, dtype),
       _oihw(g, filt, filt_var, n, dtype), out=eqn.outvars[0], spec=spec,
@@ -155,21 +156,14 @@ def _backprop_filter(g, eqn, x, dy, dtype, name):
 # --- what every lowering shares: dtypes, empty operands, the result --------
 
 
-def _empty(eqn) -> bool:
-  """Whether an operand or the result has no elements (a static zero)."""
-  return any(isinstance(d, int) and d == 0
-             for var in (*eqn.invars, *eqn.outvars) for d in var.aval.shape)
-
-
 def _zeros(g, eqn, name):
   """The result as zeros; a symbolic batch is read off an operand."""
   out = eqn.outvars[0]
   shape = out.aval.shape
-  if all(isinstance(d, int) for d in shape):
+  if all(is_static(d) for d in shape):
     dims = g.int64(shape)
   else:
-    source = next(v for v in eqn.invars
-                  if not isinstance(v.aval.shape[0], int))
+    source = next(v for v in eqn.invars if not is_static(v.aval.shape[0]))
     batch = g.node("Shape", g.input(source), start=0, end=1, shape=(1,),
                    dtype=np.int64)
     dims = g.node("Concat", batch, g.int64(shape[1:]), axis=0,
@@ -188,7 +182,7 @@ def _lowering(lower):
           f"Runtime's CPU Conv/ConvTranspose have no {dtype.name} kernel "
           f"(converted: {', '.join(DTYPES)}); cast the operands first")
     name = g.output_name(out)
-    if _empty(eqn):
+    if any_empty(*(v.aval.shape for v in (*eqn.invars, *eqn.outvars))):
       g.bind(out, _zeros(g, eqn, name))
       return
     operands = [g.input(v) for v in eqn.invars]
