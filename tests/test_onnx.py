@@ -256,6 +256,22 @@ def test_a_training_step_converts_and_runs():
     assert_close(g, np.asarray(want).astype(np.float64), "float32")
 
 
+def test_nested_jits_around_the_op_convert():
+  """jnp.where and an inner jax.jit (nested `jit` equations: jax2onnx
+  0.17's jit plugin needs jaxconv.onnx's mend on JAX 0.12)."""
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal((3, 3, 4, 8)).astype(np.float32)
+  dy = rng.standard_normal((2, 4, 4, 8)).astype(np.float32)
+
+  def f(w, dy):
+    y = jaxconv.nn.conv2d_transpose(dy, w, (2, 7, 7, 4), 2, "SAME")
+    return jnp.where(y > 0, y, 0.1 * y) + jax.jit(lambda v: v * v)(y)
+
+  (got,), model = run_onnx(f, w, dy)
+  assert ops_of(model).count("ConvTranspose") == 1
+  assert_close(got, np.asarray(f(w, dy), np.float64), "float32")
+
+
 # --- Keras's own export; jax2onnx's internals ------------------------------
 
 

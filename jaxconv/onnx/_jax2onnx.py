@@ -11,7 +11,9 @@ without ONNX lowerings.
 from __future__ import annotations
 
 import importlib.metadata
+import types
 
+import jax.extend.core
 import numpy as np
 
 SUPPORTED = ">=0.17,<0.18"
@@ -36,6 +38,28 @@ try:
                                               register_primitive)
 except ImportError as e:
   raise _broken(f"an internal module is gone ({e})") from e
+
+
+def _mend_jit_plugin() -> None:
+  """jax2onnx 0.17's `jit` plugin names `jax._src.core.ClosedJaxpr`, which
+  JAX merged into `Jaxpr` (0.12 has no such name there; the public alias
+  `jax.extend.core.ClosedJaxpr` stays): without it every function holding
+  a nested jit (`jnp.where`, an inner `jax.jit`) fails to convert.  The
+  plugin gets its own copy of that module with the alias added."""
+  try:
+    from jax2onnx.plugins.jax.core import jit
+    core = jit.jcore
+  except (ImportError, AttributeError) as e:
+    raise _broken(f"its jit plugin moved ({e})") from e
+  if hasattr(core, "ClosedJaxpr"):
+    return
+  mended = types.ModuleType(core.__name__, core.__doc__)
+  mended.__dict__.update(vars(core))
+  mended.ClosedJaxpr = jax.extend.core.ClosedJaxpr
+  jit.jcore = mended
+
+
+_mend_jit_plugin()
 
 
 def register(primitive_name: str, lower) -> None:
