@@ -20,13 +20,14 @@ demand.
 """
 from jaxconv import compat, nn, raw_ops
 from jaxconv.compat.v1.nn import conv2d_backprop_input
-from jaxconv.lowering import force_strategy, portable, xla_strategies
+from jaxconv.lowering import (CpuOnlyExportWarning, force_strategy, portable,
+                              xla_strategies)
 from jaxconv.primitives import (conv_backprop_filter_p, conv_backprop_input_p,
                                 conv_forward_p)
 
 conv2d_backprop_input_p = conv_backprop_input_p
 
-__all__ = ["compat", "conv2d_backprop_input", "conv2d_backprop_input_p",
+__all__ = ["CpuOnlyExportWarning", "compat", "conv2d_backprop_input", "conv2d_backprop_input_p",
            "conv_backprop_filter_p", "conv_forward_p", "force_strategy", "nn",
            "portable", "raw_ops", "xla_strategies"]
 __version__ = "0.1.0"

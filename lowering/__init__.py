@@ -6,10 +6,11 @@ the front end never needs to know how a platform lowers.
 """
 from . import canonical, cpu, partners
 from ._compat import lower_fun
-from .cpu import force_strategy, portable, xla_strategies
+from .cpu import (CpuOnlyExportWarning, force_strategy, portable,
+                  xla_strategies)
 from .geometry import ConvSpec
 
-__all__ = ["ConvSpec", "force_strategy", "lower_fun", "partner_rules",
+__all__ = ["ConvSpec", "CpuOnlyExportWarning", "force_strategy", "lower_fun", "partner_rules",
            "platform_rules", "portable", "xla_strategies"]
 
 

@@ -88,10 +88,15 @@ def custom_call_refusal(ctx) -> str:
 
 @contextlib.contextmanager
 def placement(ctx):
-  """A block where the CPU rules know this rule's batch split and whether
-  it may emit custom calls (see `batch_split`, `custom_call_refusal`)."""
+  """A block where the CPU rules know this rule's batch split, whether it
+  may emit custom calls (see `batch_split`, `custom_call_refusal`) and the
+  platforms of the export it is lowered for, if any."""
+  module = ctx.module_context
+  # ModuleContext.platforms: the same on jax 0.9.1 to 0.12.
+  export = (tuple(module.platforms)
+            if module.lowering_parameters.for_export else None)
   with index.batch_split(batch_split(ctx)), index.custom_calls(
-      custom_call_refusal(ctx)):
+      custom_call_refusal(ctx)), index.exporting(export):
     yield
 
 

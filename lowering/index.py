@@ -5,6 +5,7 @@
     is_static(d), images(batch), any_empty(*shapes)
     batch_split(n)  a block whose images(batch) counts one device's images
     custom_calls(why)  a block where custom calls are refused (why), or not ("")
+    exporting(platforms)  a block lowered for a jax.export to `platforms`
 """
 from __future__ import annotations
 
@@ -54,6 +55,26 @@ def custom_calls(refusal: str):
 def custom_call_refusal() -> str:
   """Why this lowering must stay free of custom calls ("" where it need not)."""
   return _custom_calls.get()
+
+
+_export: contextvars.ContextVar[tuple[str, ...] | None] = (
+    contextvars.ContextVar("jaxconv_export_platforms", default=None))
+
+
+@contextlib.contextmanager
+def exporting(platforms: tuple[str, ...] | None):
+  """Inside: the platforms of the export being lowered (None: not an
+  export), set by the lowering rules (lowering/_compat.py)."""
+  token = _export.set(platforms)
+  try:
+    yield
+  finally:
+    _export.reset(token)
+
+
+def export_platforms() -> tuple[str, ...] | None:
+  """The platforms of the export this lowering is for (None: a jit)."""
+  return _export.get()
 
 
 def images(batch) -> int:

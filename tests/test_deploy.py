@@ -1,6 +1,9 @@
 """`jaxconv.deploy` and `jaxconv export --format onnx|tflite|serialized
 --vjp-order`: the files run in ONNX Runtime, TFLite's interpreter and JAX
-against the float64 NumPy reference."""
+against the float64 NumPy reference; a jax2tf SavedModel for every
+platform, reloaded, against TF's own op and its gradients."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -12,6 +15,7 @@ import jax  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from jax import export as jax_export  # noqa: E402
 
+import jaxconv  # noqa: E402
 from jaxconv import cli, deploy  # noqa: E402
 from jaxconv.export import LayerConfig, layer_function  # noqa: E402
 
@@ -97,3 +101,86 @@ def test_format_flag_conflicts_are_named(flags, message, capsys):
   with pytest.raises(SystemExit):
     cli.main(["export", *flags])
   assert message in capsys.readouterr().err
+
+
+# --- jax2tf: a SavedModel for every platform, with gradients ---------------
+
+
+def _decoder(w1, w2, x):
+  """Two TF-sized transposed convolutions (4x4 -> 7x7 -> 14x14)."""
+  n = x.shape[0]
+  h = jax.nn.relu(jaxconv.nn.conv2d_transpose(x, w1, (n, 7, 7, 4), 2, "SAME"))
+  return jaxconv.nn.conv2d_transpose(h, w2, (n, 14, 14, 2), 2, "SAME")
+
+
+def _tf_decoder(tf, w1, w2, x):
+  n = tf.shape(x)[0]
+  h = tf.nn.relu(tf.nn.conv2d_transpose(x, w1, tf.stack([n, 7, 7, 4]), 2,
+                                        "SAME"))
+  return tf.nn.conv2d_transpose(h, w2, tf.stack([n, 14, 14, 2]), 2, "SAME")
+
+
+def _xla_call_module_platforms(tf, saved_model_dir):
+  """The `platforms` of every XlaCallModule op a SavedModel holds."""
+  from tensorflow.core.protobuf import saved_model_pb2
+  proto = saved_model_pb2.SavedModel()
+  proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
+  graph = proto.meta_graphs[0].graph_def
+  nodes = [*graph.node, *(n for f in graph.library.function
+                          for n in f.node_def)]
+  return [tuple(p.decode() for p in n.attr["platforms"].list.s)
+          for n in nodes if n.op == "XlaCallModule"]
+
+
+def test_jax2tf_saved_model_for_every_platform_with_gradients(tmp_path):
+  """README's jax2tf path: native serialization for cpu, cuda and tpu (no
+  CPU-only warning), a symbolic batch, custom gradients saved; reloaded,
+  values and filter gradients match TF's own conv2d_transpose."""
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+  rng = np.random.default_rng(3)
+  w1 = rng.standard_normal((3, 3, 4, 8)).astype(np.float32) * 0.3
+  w2 = rng.standard_normal((3, 3, 2, 4)).astype(np.float32) * 0.3
+  module = tf.Module()
+  module.w1, module.w2 = tf.Variable(w1), tf.Variable(w2)
+  converted = jax2tf.convert(
+      _decoder, native_serialization_platforms=("cpu", "cuda", "tpu"),
+      polymorphic_shapes=[None, None, "(b, 4, 4, 8)"])
+  module.decode = tf.function(
+      lambda x: converted(module.w1, module.w2, x), autograph=False,
+      input_signature=[tf.TensorSpec((None, 4, 4, 8), tf.float32)])
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", jaxconv.CpuOnlyExportWarning)
+    tf.saved_model.save(module, str(tmp_path), options=tf.saved_model.SaveOptions(
+        experimental_custom_gradients=True))
+  platforms = _xla_call_module_platforms(tf, tmp_path)
+  assert len(platforms) >= 2, platforms  # the decoder and its VJP
+  assert set(platforms) == {("CPU", "CUDA", "TPU")}, platforms
+
+  loaded = tf.saved_model.load(str(tmp_path))
+  for batch in (1, 3):
+    x = tf.constant(rng.standard_normal((batch, 4, 4, 8)).astype(np.float32))
+    with tf.GradientTape() as tape:
+      y = loaded.decode(x)
+      loss = tf.reduce_sum(y * y)
+    got = [y, *tape.gradient(loss, [loaded.w1, loaded.w2])]
+    v1, v2 = tf.Variable(w1), tf.Variable(w2)
+    with tf.GradientTape() as tape:
+      y_tf = _tf_decoder(tf, v1, v2, x)
+      loss_tf = tf.reduce_sum(y_tf * y_tf)
+    want = [y_tf, *tape.gradient(loss_tf, [v1, v2])]
+    for g, w in zip(got, want):
+      assert_close(g.numpy(), w.numpy().astype(np.float64), "float32")
+
+
+def test_jax2tf_for_cpu_alone_warns_and_portable_does_not():
+  from jax.experimental import jax2tf
+  w1 = np.ones((3, 3, 4, 8), np.float32)
+  w2 = np.ones((3, 3, 2, 4), np.float32)
+  x = np.ones((2, 4, 4, 8), np.float32)
+  with pytest.warns(jaxconv.CpuOnlyExportWarning, match="runs on CPU only"):
+    jax2tf.convert(_decoder)(w1, w2, x)  # this machine's platform: cpu
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", jaxconv.CpuOnlyExportWarning)
+    with jaxconv.portable():
+      jax2tf.convert(_decoder)(w1, w2, x)

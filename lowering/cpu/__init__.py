@@ -15,17 +15,18 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import warnings
 
 import numpy as np
 
 from .. import canonical
 from .._compat import lower_fun, placement
 from ..geometry import ConvSpec
-from ..index import images
+from ..index import export_platforms, images
 from . import onednn
 from .tables import PORTABLE, PRIMITIVES, TABLES, choose, filter_shape, run
 
-__all__ = ["STRATEGIES", "Lowered", "applies", "backprop_filter", "choose",
+__all__ = ["STRATEGIES", "CpuOnlyExportWarning", "Lowered", "applies", "backprop_filter", "choose",
            "chosen", "force_strategy", "forward", "lower", "portable",
            "xla_strategies"]
 
@@ -127,8 +128,21 @@ def chosen(spec: ConvSpec, filter_shape, dtype, batch: int, *,
         f"filter shape {tuple(filter_shape)}, {np.dtype(dtype)})")
   if name is None or why:
     name = choose(spec, filter_shape, dtype, batch, primitive=primitive)[0]
+    if name != PORTABLE[primitive] and export_platforms() == ("cpu",):
+      warnings.warn(CpuOnlyExportWarning(
+          f"jaxconv: an export for platforms=('cpu',) alone bakes XLA CPU's "
+          f"{name!r} form of {primitive} in: the artifact (a jax2tf "
+          "SavedModel too) runs on CPU only.  For one that also runs on GPU "
+          "and TPU (their portable form), pass platforms=('cpu', 'cuda', "
+          "'tpu') to jax.export, native_serialization_platforms= to "
+          "jax2tf.convert; lower inside jaxconv.portable() for the portable "
+          "form on CPU as well."), stacklevel=2)
   getattr(forcing.lowered, primitive).append(name)
   return name
+
+
+class CpuOnlyExportWarning(UserWarning):
+  """An export for CPU alone took an automatically chosen CPU form."""
 
 
 def lower(ctx, filt, dy, *, spec: ConvSpec):
