@@ -50,6 +50,8 @@ EXAMPLES = """examples:
       an ONNX model (one ConvTranspose) for ONNX Runtime
   jaxconv export --input-sizes 1,7,7,8 --filter-sizes 3,3,8,16 --format tflite -o up.tflite
       a TFLite model; stderr says which CPU form TFLite computes right
+  jaxconv export --input-sizes 1,7,7,8 --filter-sizes 3,3,8,16 --filter-values w.npy --format tflite -o up.tflite
+      the same with the filter w.npy a constant (the model takes out_backprop)
 
 ops: """ + ", ".join(OPS) + """
 cpu strategies (--cpu-strategy): input gradients """ + ", ".join(
@@ -149,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
   ex.add_argument("--vjp-order", type=int, metavar="N", help="serialized: "
                   "how many orders of VJPs the artifact carries (default: "
                   "1 with --grad, else 0)")
+  ex.add_argument("--filter-values", metavar="FILE.npy", help="bake this "
+                  "filter (a .npy array of --filter-sizes' shape) into the "
+                  "artifact as a constant: it then takes the other operands "
+                  "only (ops with a filter operand)")
   ex.add_argument("-o", "--output", metavar="FILE",
                   help="write here instead of stdout (required for all but "
                   "text)")
@@ -249,21 +255,26 @@ def _export(args, parser, platforms) -> int:
   from jaxconv.export import export_layer
   try:
     config = _validated(args)
-    _log(f"exporting {config} ...")
+    filt = _filter_values(args.filter_values)
+    _log(f"exporting {config}" + (f" with the filter of {args.filter_values}"
+                                  if filt is not None else "") + " ...")
     if args.format == "onnx":
-      exported = deploy.onnx(config, batch=args.batch, grad=args.grad)
+      exported = deploy.onnx(config, batch=args.batch, grad=args.grad,
+                             filter_values=filt)
       _log("exported form: ONNX (jax2onnx with jaxconv.onnx: the op a "
            + ("Conv" if config.filter_gradient else "ConvTranspose")
            + " node)")
     elif args.format == "tflite":
-      exported, form, err = deploy.tflite(config, log=_log)
+      exported, form, err = deploy.tflite(config, log=_log,
+                                          filter_values=filt)
       _log(f"exported form: TFLite from the XLA CPU strategy {form} of "
            f"{config.primitive}: checked in TFLite's interpreter, max error "
            f"{err:.2g} of the result's scale")
     else:
       _log(f"exported form: {_form(args, config)}")
       exported = export_layer(config, batch=args.batch, platforms=platforms,
-                              grad=args.grad, cpu_strategy=args.cpu_strategy)
+                              grad=args.grad, cpu_strategy=args.cpu_strategy,
+                              filter_values=filt)
   except (ValueError, TypeError) as e:
     parser.exit(2, f"jaxconv: error: {_flag_hint(str(e))}\n")
   except Exception as e:  # noqa: BLE001 - one line, never a traceback
@@ -273,6 +284,17 @@ def _export(args, parser, platforms) -> int:
   if args.check:
     _check(config, _log)
   return 0
+
+
+def _filter_values(path):
+  """The --filter-values array (None without the flag)."""
+  if path is None:
+    return None
+  try:
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"--filter-values: cannot read {path!r} as a .npy "
+                     f"array ({e})") from e
 
 
 def _log(message: str) -> None:
@@ -346,6 +368,7 @@ def _flag_hint(message: str) -> str:
                      ("strides", "--strides"), ("dilations", "--dilations"),
                      ("explicit_paddings", "--explicit-paddings"),
                      ("padding", "--padding"), ("data_format", "--data-format"),
+                     ("filter_values", "--filter-values"),
                      ("filter", "--filter-sizes"), ("input", "--input-sizes")):
     if first.startswith(name):
       return f"{flag}: {message}"

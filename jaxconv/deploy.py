@@ -32,11 +32,13 @@ TFLITE_RTOL = 1e-4
 
 
 def onnx(config: LayerConfig, *, batch: str | None = None,
-         grad: bool = False):
-  """The layer (with `grad`: and its VJP) as an onnx.ModelProto."""
+         grad: bool = False, filter_values=None):
+  """The layer (with `grad`: and its VJP) as an onnx.ModelProto; with
+  `filter_values` the filter is a constant (an initializer)."""
   import jax2onnx
   import jaxconv.onnx  # noqa: F401  (registers the lowerings)
-  fn, args = layer_function(config, batch=batch, grad=grad)
+  fn, args = layer_function(config, batch=batch, grad=grad,
+                            filter_values=filter_values)
   return jax2onnx.to_onnx(fn, args, model_name=fn.__name__)
 
 
@@ -51,14 +53,16 @@ def tflite_candidates(config: LayerConfig) -> tuple[str, ...]:
       primitive=primitive))
 
 
-def tflite(config: LayerConfig, log: Callable[[str], None] = lambda m: None
-           ) -> tuple[bytes, str, float]:
+def tflite(config: LayerConfig, log: Callable[[str], None] = lambda m: None,
+           *, filter_values=None) -> tuple[bytes, str, float]:
   """(flatbuffer, form, max relative error) of the first CPU form of the
-  layer that TFLite converts and computes right; ValueError if none."""
+  layer that TFLite converts and computes right (with `filter_values`
+  the filter a constant, which TFLite converts differently); ValueError
+  if none."""
   import tensorflow as tf
   if config.dtype != "float32":
     raise TypeError(f"--format tflite: float32 only, got {config.dtype}")
-  fn, args = layer_function(config)
+  fn, args = layer_function(config, filter_values=filter_values)
   rng = np.random.default_rng(0)
   operands = [rng.standard_normal(a.shape).astype(np.float32) for a in args]
   want = np.asarray(jax.jit(fn)(*operands), np.float64)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import export as jax_export
 
 from jaxconv import attrs, lowering, ops, raw_ops
@@ -154,13 +155,15 @@ class LayerConfig:
 
 def export_layer(config: LayerConfig, *, batch: str | None = None,
                  platforms: Sequence[str] | None = None, grad: bool = False,
-                 cpu_strategy: str | None = None) -> jax_export.Exported:
+                 cpu_strategy: str | None = None,
+                 filter_values=None) -> jax_export.Exported:
   """Export the op for `config`.
 
   batch: name of a symbolic batch dimension (e.g. "N"), or None for static.
   platforms: e.g. ["cpu", "cuda", "rocm", "tpu"]; default: this machine's.
   grad: export f(*operands, ct) -> (result, *d_operands), the op and its
     VJP, instead of the op alone.
+  filter_values: the filter, baked in as a constant (see `layer_function`).
   cpu_strategy: None for the portable form on every platform; "auto" for
     the XLA CPU strategies jax.jit would pick, or the name of one of the op's
     primitive (`config.primitive`) to force it (where it applies) in the
@@ -170,7 +173,8 @@ def export_layer(config: LayerConfig, *, batch: str | None = None,
     raise ValueError(f"cpu_strategy: {cpu_strategy!r} is a custom call, which "
                      "an exported artifact cannot carry; choose 'auto' or an "
                      "XLA strategy")
-  fn, args = layer_function(config, batch=batch, grad=grad)
+  fn, args = layer_function(config, batch=batch, grad=grad,
+                            filter_values=filter_values)
   if cpu_strategy is None:
     form = lowering.portable()
   elif cpu_strategy == "auto":
@@ -182,10 +186,11 @@ def export_layer(config: LayerConfig, *, batch: str | None = None,
 
 
 def layer_function(config: LayerConfig, *, batch: str | None = None,
-                   grad: bool = False):
+                   grad: bool = False, filter_values=None):
   """(f, argument specs) of what an export holds: the op, or with `grad`
   f(*operands, ct) -> (result, *d_operands); `batch` names a symbolic
-  batch dimension."""
+  batch dimension; `filter_values` (an array of the filter's shape) is
+  baked in as a constant, f then taking the other operands."""
   dtype = jnp.dtype(config.dtype)
   b = None
   if batch is not None:
@@ -194,6 +199,8 @@ def layer_function(config: LayerConfig, *, batch: str | None = None,
   args = [jax.ShapeDtypeStruct(shapes[n], dtype)
           for n in config.operand_names()]
   op = config.op_fn(b)
+  if filter_values is not None:
+    op, args = _constant_filter(config, op, args, filter_values)
   if not grad:
     return op, args
 
@@ -203,3 +210,22 @@ def layer_function(config: LayerConfig, *, batch: str | None = None,
     return (out, *vjp(ct))
   op_and_vjp.__name__ = f"{config.op}_and_vjp"
   return op_and_vjp, [*args, jax.eval_shape(op, *args)]
+
+
+def _constant_filter(config: LayerConfig, op, args, values):
+  """(f, specs) of `op` with its filter operand fixed to `values`."""
+  names = config.operand_names()
+  if "filter" not in names:
+    raise ValueError(f"filter_values: {config.op} takes no filter tensor "
+                     f"(its operands: {', '.join(names)})")
+  values = np.asarray(values)
+  if values.shape != tuple(config.filter_sizes):
+    raise ValueError(f"filter_values: shape {list(values.shape)} is not the "
+                     f"filter's {list(config.filter_sizes)}")
+  k = names.index("filter")
+  filt = jnp.asarray(values, config.dtype)
+
+  def op_with_filter(*operands):
+    return op(*operands[:k], filt, *operands[k:])
+  op_with_filter.__name__ = op.__name__
+  return op_with_filter, [*args[:k], *args[k + 1:]]

@@ -39,20 +39,31 @@ def _reference(config, filt, dy):
   return run_reference(cfg, filt, dy)
 
 
+@pytest.mark.parametrize("filter_kind", ["input", "constant"])
 @pytest.mark.parametrize("name", CASES)
-def test_tflite_export_matches_the_reference(tmp_path, name, capsys):
+def test_tflite_export_matches_the_reference(tmp_path, name, filter_kind,
+                                             capsys):
+  """Odd and even sizes, the filter an input or a constant (TFLite's
+  converter turns a constant one into TRANSPOSE_CONV weights)."""
   import tensorflow as tf
   config, path = CASES[name], tmp_path / "up.tflite"
+  filt, dy = _operands(config)
   args = ["export", "--input-sizes", ",".join(map(str, config.input_sizes)),
           "--filter-sizes", ",".join(map(str, config.filter_sizes)),
           "--strides", "1,2,2,1", "--padding", config.padding,
           "--format", "tflite", "-o", str(path)]
+  inputs = (filt, dy)
+  if filter_kind == "constant":
+    np.save(tmp_path / "w.npy", filt)
+    args += ["--filter-values", str(tmp_path / "w.npy")]
+    inputs = (dy,)
   assert cli.main(args) == 0
   assert "checked in TFLite's interpreter" in capsys.readouterr().err
   interpreter = tf.lite.Interpreter(model_path=str(path))
   interpreter.allocate_tensors()
-  filt, dy = _operands(config)
-  for detail, a in zip(interpreter.get_input_details(), (filt, dy)):
+  details = interpreter.get_input_details()
+  assert [tuple(d["shape"]) for d in details] == [a.shape for a in inputs]
+  for detail, a in zip(details, inputs):
     interpreter.set_tensor(detail["index"], a)
   interpreter.invoke()
   out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
@@ -94,12 +105,18 @@ def test_vjp_order_two_differentiates_the_vjp(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--format", "onnx"], "needs -o"),
+    (["--filter-values", "missing.npy"], "--filter-values: cannot read"),
+    (["--op", "Conv2DBackpropFilter", "--filter-values", "{w}"],
+     "--filter-values: filter_values: Conv2DBackpropFilter takes no filter"),
+    (["--filter-sizes", "3,3,8,4", "--input-sizes", "1,7,7,8",
+      "--filter-values", "{w}"], "is not the filter's [3, 3, 8, 4]"),
     (["--vjp-order", "1", "--format", "onnx", "-o", "x"], "--vjp-order"),
     (["--format", "tflite", "--grad", "-o", "x"], "--grad"),
     (["--format", "onnx", "--platforms", "cpu", "-o", "x"], "--platforms")])
-def test_format_flag_conflicts_are_named(flags, message, capsys):
+def test_format_flag_conflicts_are_named(flags, message, capsys, tmp_path):
+  np.save(tmp_path / "w.npy", np.ones((3, 3, 8, 16), np.float32))
   with pytest.raises(SystemExit):
-    cli.main(["export", *flags])
+    cli.main(["export", *(f.format(w=tmp_path / "w.npy") for f in flags)])
   assert message in capsys.readouterr().err
 
 
