@@ -201,3 +201,21 @@ def test_jax2tf_for_cpu_alone_warns_and_portable_does_not():
     warnings.simplefilter("error", jaxconv.CpuOnlyExportWarning)
     with jaxconv.portable():
       jax2tf.convert(_decoder)(w1, w2, x)
+
+
+def test_readme_deploy_examples_run(tmp_path, monkeypatch):
+  import pathlib
+  import re
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md"
+            ).read_text()
+  start = readme.index("## Deploy")
+  section = readme[start:readme.index("\n## ", start + 1)]
+  blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+  assert len(blocks) == 2
+  monkeypatch.chdir(tmp_path)
+  namespace = {}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", jaxconv.CpuOnlyExportWarning)
+    for block in blocks:
+      exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+  assert (tmp_path / "up_savedmodel" / "saved_model.pb").exists()
