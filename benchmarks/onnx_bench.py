@@ -13,6 +13,7 @@ Writes a table and `results/onnx_bench.json`.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import pathlib
 import sys
@@ -122,8 +123,8 @@ def main(argv=None) -> int:
     print_row(results[-1])
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  meta = {"onnxruntime": ort.__version__, "jax2onnx": jax2onnx.__version__
-          if hasattr(jax2onnx, "__version__") else "?", "jax": jax.__version__}
+  meta = {"onnxruntime": ort.__version__, "jax": jax.__version__,
+          "jax2onnx": importlib.metadata.version("jax2onnx")}
   (out / "onnx_bench.json").write_text(json.dumps(
       {"meta": meta, "results": results}, indent=1))
   progress(f"wrote {out / 'onnx_bench.json'}")
