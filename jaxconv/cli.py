@@ -1,4 +1,5 @@
-"""`jaxconv` command line: export a raw op's StableHLO for a TF configuration.
+"""`jaxconv` command line: export a raw op for a TF configuration, as
+StableHLO (text or jax.export's bytes), an ONNX model or a TFLite model.
 
     jaxconv export                       # the built-in U-Net decoder layer
     jaxconv export --op Conv3DBackpropFilterV2 --cpu-strategy auto
@@ -6,6 +7,8 @@
         --strides 1,2,2,1 --padding SAME --check
     jaxconv export --batch N --platforms cpu,cuda,rocm,tpu --grad \\
         --format serialized -o layer.bin
+    jaxconv export --batch N --format onnx -o layer.onnx
+    jaxconv export --format tflite --filter-values w.npy -o layer.tflite
 """
 from __future__ import annotations
 
