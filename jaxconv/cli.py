@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 
 import numpy as np
 
 from jaxconv.ops import OPS
+from jaxconv.lowering import CpuOnlyExportWarning
 from jaxconv.lowering.cpu import STRATEGIES
 
 # The native strategy is a custom call: jax.jit runs it, no export holds it.
@@ -275,9 +277,19 @@ def _export(args, parser, platforms) -> int:
            f"{err:.2g} of the result's scale")
     else:
       _log(f"exported form: {_form(args, config)}")
-      exported = export_layer(config, batch=args.batch, platforms=platforms,
-                              grad=args.grad, cpu_strategy=args.cpu_strategy,
-                              filter_values=filt)
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CpuOnlyExportWarning)
+        exported = export_layer(config, batch=args.batch, platforms=platforms,
+                                grad=args.grad, cpu_strategy=args.cpu_strategy,
+                                filter_values=filt)
+      cpu_only = [w for w in caught
+                  if issubclass(w.category, CpuOnlyExportWarning)]
+      for w in caught:
+        if w not in cpu_only:
+          warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+      if cpu_only:
+        _log("note: an artifact for cpu alone (XLA CPU's tuned form): "
+             "--platforms cpu,cuda,tpu for one that also runs on GPU/TPU")
   except (ValueError, TypeError) as e:
     parser.exit(2, f"jaxconv: error: {_flag_hint(str(e))}\n")
   except Exception as e:  # noqa: BLE001 - one line, never a traceback
@@ -339,8 +351,9 @@ def _form(args, config) -> str:
                                      for_export=True)
   if args.cpu_strategy != "auto":
     name, reason = args.cpu_strategy, "forced (where it applies)"
-  return (f"cpu lowering strategy ({config.primitive}): {name} ({reason}); "
-          f"other platforms portable" + (under_jit if jit != name else ""))
+  others = "; other platforms portable" if args.platforms else ""
+  return (f"cpu lowering strategy ({config.primitive}): {name} ({reason})"
+          + others + (under_jit if jit != name else ""))
 
 
 def _write(args, exported) -> None:

@@ -219,3 +219,16 @@ def test_readme_deploy_examples_run(tmp_path, monkeypatch):
     for block in blocks:
       exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
   assert (tmp_path / "up_savedmodel" / "saved_model.pb").exists()
+
+
+@pytest.mark.parametrize("platforms, note", [([], True),
+                                             (["--platforms", "cpu,cuda"],
+                                              False)])
+def test_cli_notes_an_artifact_for_cpu_alone(tmp_path, capsys, platforms,
+                                             note):
+  assert cli.main(["export", "--input-sizes", "1,7,7,8", "--filter-sizes",
+                   "3,3,8,16", "--cpu-strategy", "auto", *platforms, "-o",
+                   str(tmp_path / "up.mlir")]) == 0
+  err = capsys.readouterr().err
+  assert ("note: an artifact for cpu alone" in err) is note, err
+  assert "CpuOnlyExportWarning" not in err
