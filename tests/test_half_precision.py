@@ -29,7 +29,9 @@ LAYERS = {
     "subpixel_fused": ([2, 8, 6, 4], (4, 4, 4, 6), 2),
     "grouped": ([2, 7, 6, 8], (3, 3, 2, 8), 1),
     "depthwise": ([2, 7, 6, 4], (3, 3, 1, 8), 1),
-    "onednn": ([2, 7, 6, 4], (3, 3, 4, 6), 2),
+    # Strided: k4 gives every output 2x2 taps, sums long enough to tell
+    # the two accumulations apart.
+    "onednn": ([2, 7, 6, 16], (4, 4, 16, 16), 2),
 }
 # Strategies with sums of their own (not a dot or convolution, which XLA CPU
 # widens to float32 by itself): narrowing their accumulation is visible.
@@ -144,8 +146,9 @@ def test_strided_filter_gradient_accumulates_in_float32(dtype, ndim,
   want = reference.backprop_filter(
       x, dy, kernel=(3,) * ndim, groups=1, strides=spec.strides,
       dilations=spec.dilations, padding="EXPLICIT", explicit=pads)
-  dw = jax.jit(lambda x, dy: cpu.backprop_filter(x, dy, spec=spec,
-                                                 kernel=(3,) * ndim))(x, dy)
+  with lowering.force_strategy(backprop_filter="tap_dots", strict=True):
+    dw = jax.jit(lambda x, dy: cpu.backprop_filter(x, dy, spec=spec,
+                                                   kernel=(3,) * ndim))(x, dy)
   assert calls == [np.float32]
   np.testing.assert_array_equal(np.asarray(dw), want.astype(dtype))
 
