@@ -94,25 +94,12 @@ def print_row(r) -> None:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--quick", action="store_true",
-                      help="smoke run: 3 classes, 3 repetitions")
-  parser.add_argument("--reps", type=int, default=15)
-  parser.add_argument("--classes", help="comma-separated class keys "
-                      f"({', '.join(suite._key(c) for c in suite.CASES)})")
-  parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+  suite.class_arguments(parser)
   args = parser.parse_args(argv)
-  cases = suite.CASES
-  if args.classes:
-    keys = args.classes.split(",")
-    unknown = sorted(set(keys) - {suite._key(c) for c in cases})
-    if unknown:
-      parser.error(f"unknown class keys {unknown}")
-    cases = [c for c in cases if suite._key(c) in keys]
-  elif args.quick:
-    cases = [cases[1], cases[7], cases[-2]]
+  cases, reps = suite.selected_cases(
+      parser, args, (suite.CASES[1], suite.CASES[7], suite.CASES[-2]))
   steady_allocator()
   jax.config.update("jax_enable_x64", True)
-  reps = 3 if args.quick else args.reps
   print(f"{'class':34s} {'jaxconv':>9s} {'ORT':>9s} {'ORT/jc':>8s} "
         f"{'max diff':>9s}  ORT conv node   (ms, medians; diff: of the "
         "result's scale)")

@@ -379,20 +379,20 @@ def chart(results, path):
   fig.savefig(path, dpi=110)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def class_arguments(parser) -> None:
+  """--quick, --reps, --classes, --out: how a benchmark over the suite's
+  classes picks them (see `selected_cases`)."""
   parser.add_argument("--quick", action="store_true",
                       help="smoke run: 3 classes, 3 repetitions")
   parser.add_argument("--reps", type=int, default=15)
   parser.add_argument("--classes", help="comma-separated class keys "
                       f"({', '.join(_key(c) for c in CASES)})")
-  parser.add_argument("--strategies", action="store_true",
-                      help="also time every applicable CPU strategy")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-  args = parser.parse_args(argv)
-  steady_allocator()
-  jax.config.update("jax_enable_x64", True)
+
+
+def selected_cases(parser, args, quick) -> tuple[list, int]:
+  """(classes, repetitions) the `class_arguments` flags ask for; `quick`:
+  the --quick classes."""
   cases = CASES
   if args.classes:
     keys = args.classes.split(",")
@@ -402,8 +402,20 @@ def main(argv=None):
                    f"{', '.join(_key(c) for c in CASES)}")
     cases = [c for c in CASES if _key(c) in keys]
   elif args.quick:
-    cases = [CASES[1], CASES[7], CASES[13]]
-  reps = 3 if args.quick else args.reps
+    cases = list(quick)
+  return cases, 3 if args.quick else args.reps
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  class_arguments(parser)
+  parser.add_argument("--strategies", action="store_true",
+                      help="also time every applicable CPU strategy")
+  args = parser.parse_args(argv)
+  steady_allocator()
+  jax.config.update("jax_enable_x64", True)
+  cases, reps = selected_cases(parser, args, (CASES[1], CASES[7], CASES[13]))
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   print(f"{'class':34s} {'strategy':12s} {'jaxconv':>8s} {'canon.':>8s} "
