@@ -118,7 +118,7 @@ struct Entry {
   // reorder where they differ.
   memory::desc user[3], inner[3];
   std::optional<dnnl::reorder> reorder[3];
-  size_t scratchpad_bytes = 0;
+  size_t scratchpad_bytes = 0;  // the largest of the primitive's and reorders'
   int output_role = 0;  // which role the call writes
   std::string impl;
 };
@@ -182,12 +182,19 @@ std::shared_ptr<Entry> Build(const Geometry& g) {
     e.primitive = dnnl::convolution_backward_weights(bwd);
     e.output_role = kWeights;
   }
+  // Reorders too take the caller's scratchpad: in oneDNN's default
+  // (library) mode one scratchpad is shared by all primitives and a
+  // primitive must run in the thread that created it, which XLA's threads
+  // do not guarantee.  They run one after another, so one region serves.
   for (int r = 0; r < 3; ++r) {
     if (e.inner[r] == e.user[r]) continue;
     const bool out = r == e.output_role;
-    e.reorder[r] = dnnl::reorder(dnnl::reorder::primitive_desc(
-        engine, out ? e.inner[r] : e.user[r], engine,
-        out ? e.user[r] : e.inner[r]));
+    dnnl::reorder::primitive_desc pd(engine, out ? e.inner[r] : e.user[r],
+                                     engine, out ? e.user[r] : e.inner[r],
+                                     attr);
+    e.scratchpad_bytes = std::max(e.scratchpad_bytes,
+                                  pd.scratchpad_desc().get_size());
+    e.reorder[r] = dnnl::reorder(pd);
   }
   primitives_created.fetch_add(1);
   return entry;
@@ -300,18 +307,20 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b,
     if (total && !work) return ffi::Error::Internal("jaxconv oneDNN: out of memory");
     auto& engine = Engine();
     thread_local dnnl::stream stream(engine);
+    memory scratchpad(memory::desc({static_cast<int64_t>(e.scratchpad_bytes)},
+                                   memory::data_type::u8, memory::format_tag::x),
+                      engine, work + offsets[3]);
+    auto reorder = [&](int r, const memory& from, const memory& to) {
+      e.reorder[r]->execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                                     {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    };
     memory user[3], inner[3];
     for (int r = 0; r < 3; ++r) {
       user[r] = memory(e.user[r], engine, data[r]);
       inner[r] = e.reorder[r] ? memory(e.inner[r], engine, work + offsets[r]) : user[r];
-      if (e.reorder[r] && r != e.output_role) {
-        e.reorder[r]->execute(stream, user[r], inner[r]);
-      }
+      if (e.reorder[r] && r != e.output_role) reorder(r, user[r], inner[r]);
     }
     std::unordered_map<int, memory> args;
-    memory scratchpad(memory::desc({static_cast<int64_t>(e.scratchpad_bytes)},
-                                   memory::data_type::u8, memory::format_tag::x),
-                      engine, work + offsets[3]);
     args[DNNL_ARG_SCRATCHPAD] = scratchpad;
     if (kind == kForward) {
       args[DNNL_ARG_SRC] = inner[kSrc];
@@ -328,7 +337,7 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b,
     }
     e.primitive.execute(stream, args);
     const int o = e.output_role;
-    if (e.reorder[o]) e.reorder[o]->execute(stream, inner[o], user[o]);
+    if (e.reorder[o]) reorder(o, inner[o], user[o]);
     stream.wait();
   } catch (const dnnl::error& err) {
     return ffi::Error::Internal(std::string("jaxconv oneDNN convolution: ") + err.what());
