@@ -13,6 +13,9 @@ import pytest
 from tests.helpers import require
 
 require("keras", "tensorflow")
+# `run` (module scope) runs the JAX child once per worker that needs it:
+# the whole module on one worker (loadgroup, pyproject.toml) runs it once.
+pytestmark = pytest.mark.xdist_group("keras")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

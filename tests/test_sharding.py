@@ -11,6 +11,9 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The module's fixtures run children once per worker that needs them: the
+# whole module on one worker (loadgroup, pyproject.toml) runs them once.
+pytestmark = pytest.mark.xdist_group("sharding")
 
 
 def _summary_of(module: str) -> dict:
