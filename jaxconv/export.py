@@ -163,11 +163,11 @@ def export_layer(config: LayerConfig, *, batch: str | None = None,
   platforms: e.g. ["cpu", "cuda", "rocm", "tpu"]; default: this machine's.
   grad: export f(*operands, ct) -> (result, *d_operands), the op and its
     VJP, instead of the op alone.
-  filter_values: the filter, baked in as a constant (see `layer_function`).
   cpu_strategy: None for the portable form on every platform; "auto" for
     the XLA CPU strategies jax.jit would pick, or the name of one of the op's
     primitive (`config.primitive`) to force it (where it applies) in the
     `cpu` lowering (never the native one: an export stays StableHLO).
+  filter_values: the filter, baked in as a constant (see `layer_function`).
   """
   if cpu_strategy in NATIVE:
     raise ValueError(f"cpu_strategy: {cpu_strategy!r} is a custom call, which "

@@ -10,8 +10,8 @@ from .cpu import (CpuOnlyExportWarning, force_strategy, portable,
                   xla_strategies)
 from .geometry import ConvSpec
 
-__all__ = ["ConvSpec", "CpuOnlyExportWarning", "force_strategy", "lower_fun", "partner_rules",
-           "platform_rules", "portable", "xla_strategies"]
+__all__ = ["ConvSpec", "CpuOnlyExportWarning", "force_strategy", "lower_fun",
+           "partner_rules", "platform_rules", "portable", "xla_strategies"]
 
 
 def platform_rules():

@@ -26,11 +26,15 @@ from ..index import export_platforms, images
 from . import onednn
 from .tables import PORTABLE, PRIMITIVES, TABLES, choose, filter_shape, run
 
-__all__ = ["STRATEGIES", "CpuOnlyExportWarning", "Lowered", "applies", "backprop_filter", "choose",
-           "chosen", "force_strategy", "forward", "lower", "portable",
-           "xla_strategies"]
+__all__ = ["STRATEGIES", "CpuOnlyExportWarning", "Lowered", "applies",
+           "backprop_filter", "choose", "chosen", "force_strategy", "forward",
+           "lower", "portable", "xla_strategies"]
 
 STRATEGIES = {primitive: tuple(TABLES[primitive]) for primitive in PRIMITIVES}
+
+
+class CpuOnlyExportWarning(UserWarning):
+  """An export for CPU alone took an automatically chosen CPU form."""
 
 
 @dataclasses.dataclass
@@ -140,9 +144,6 @@ def chosen(spec: ConvSpec, filter_shape, dtype, batch: int, *,
   getattr(forcing.lowered, primitive).append(name)
   return name
 
-
-class CpuOnlyExportWarning(UserWarning):
-  """An export for CPU alone took an automatically chosen CPU form."""
 
 
 def lower(ctx, filt, dy, *, spec: ConvSpec):
