@@ -3,6 +3,7 @@ oneDNN's kernels for the three primitives under jax.jit, against the
 float64 reference and XLA's strategies on every function of the family,
 forced and automatic; never in an export; cached primitives; threads;
 transformations; the extension turned off."""
+import dataclasses
 import os
 import pathlib
 import platform
@@ -160,6 +161,23 @@ def test_chosen_automatically_for_float32_and_reported():
     with lowering.force_strategy("onednn", strict=True):
       jax.jit(config.op_fn())(*(jnp.ones(s, jnp.float64) for s in (
           config.operand_shapes()[n] for n in config.operand_names())))
+
+
+@native
+def test_grouped_and_kernel_equals_stride_go_native_with_avx512():
+  """The rule's ISA split (benchmarks/README.md, the AVX-512 suite): grouped
+  input gradients and kernel == stride layers on oneDNN where its kernels
+  are AVX-512 ones, on XLA's forms where they are AVX2; depthwise layers
+  and grouped filter gradients on XLA's forms everywhere."""
+  grouped = LayerConfig((8, 28, 28, 256), (3, 3, 8, 256), (1, 1, 1, 1))
+  k2 = LayerConfig((8, 64, 64, 64), (2, 2, 64, 128), (1, 2, 2, 1))
+  for config in (grouped, k2):
+    assert (config.cpu_strategy()[0] == "onednn") == onednn.avx512(), config
+  depthwise = LayerConfig((8, 56, 56, 128), (3, 3, 128, 1), (1, 2, 2, 1),
+                          op="DepthwiseConv2dNativeBackpropInput")
+  assert depthwise.cpu_strategy()[0] == "depthwise"
+  grouped_filter = dataclasses.replace(grouped, op="Conv2DBackpropFilter")
+  assert grouped_filter.cpu_strategy()[0] != "onednn"
 
 
 @native

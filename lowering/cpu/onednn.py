@@ -101,6 +101,16 @@ def dtypes() -> frozenset:
                           for kind in _KINDS.values())))
 
 
+@functools.cache
+def avx512() -> bool:
+  """Whether oneDNN's float32 kernels here are its AVX-512 (or AMX) ones."""
+  native, _ = _extension()
+  return native is not None and any(
+      "avx512" in impl or "amx" in impl
+      for impl in (native.implementation("float32", kind)
+                   for kind in _KINDS.values()))
+
+
 def refusal(dtype) -> str:
   """Why the native strategy cannot lower a call of `dtype` here ("" where
   it can)."""

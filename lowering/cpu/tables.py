@@ -238,15 +238,20 @@ def _xla_ahead_of_onednn(primitive, spec, filter_shape) -> bool:
   'oneDNN' in benchmarks/README.md)."""
   n = spec.ndim
   kernel, ci = filter_shape[:n], filter_shape[n]
-  if spec.groups > 1 or (n == 2 and not spec.channels_last):
-    return True  # block-diagonal / shifted-product forms; NCHW reorders
+  # oneDNN's AVX-512 kernels beat the grouped form's block-diagonal GEMMs
+  # and gemm_col2im's kernel == stride layers; its AVX2 ones do not.
+  wide = onednn.avx512() and primitive == "backprop_input"
+  if spec.groups > 1 and not (wide and ci > 1):
+    return True  # depthwise: the shifted-product form everywhere
+  if n == 2 and not spec.channels_last:
+    return True  # NCHW: oneDNN's reorders
   if primitive != "backprop_input":
     # Inside training steps oneDNN's filter gradient and forward came out
     # ahead (alone, shift_gemm's large filter gradients are faster).
     return False
   strided = any(s > 1 for s in spec.strides)
   return (math.prod(kernel) == 1 or (strided and ci <= 4)
-          or (n == 2 and tuple(kernel) == tuple(spec.strides))
+          or (n == 2 and tuple(kernel) == tuple(spec.strides) and not wide)
           or (strided and any(d > 1 for d in spec.dilations)))
 
 
