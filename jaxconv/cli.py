@@ -257,7 +257,6 @@ def _format_problems(args):
 
 def _export(args, parser, platforms) -> int:
   from jaxconv import deploy
-  from jaxconv.export import export_layer
   try:
     config = _validated(args)
     filt = _filter_values(args.filter_values)
@@ -277,19 +276,7 @@ def _export(args, parser, platforms) -> int:
            f"{err:.2g} of the result's scale")
     else:
       _log(f"exported form: {_form(args, config)}")
-      with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CpuOnlyExportWarning)
-        exported = export_layer(config, batch=args.batch, platforms=platforms,
-                                grad=args.grad, cpu_strategy=args.cpu_strategy,
-                                filter_values=filt)
-      cpu_only = [w for w in caught
-                  if issubclass(w.category, CpuOnlyExportWarning)]
-      for w in caught:
-        if w not in cpu_only:
-          warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-      if cpu_only:
-        _log("note: an artifact for cpu alone (XLA CPU's tuned form): "
-             "--platforms cpu,cuda,tpu for one that also runs on GPU/TPU")
+      exported = _stablehlo(args, config, platforms, filt)
   except (ValueError, TypeError) as e:
     parser.exit(2, f"jaxconv: error: {_flag_hint(str(e))}\n")
   except Exception as e:  # noqa: BLE001 - one line, never a traceback
@@ -299,6 +286,23 @@ def _export(args, parser, platforms) -> int:
   if args.check:
     _check(config, _log)
   return 0
+
+
+def _stablehlo(args, config, platforms, filt):
+  """export_layer's artifact; its CpuOnlyExportWarning becomes a note."""
+  from jaxconv.export import export_layer
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", CpuOnlyExportWarning)
+    exported = export_layer(config, batch=args.batch, platforms=platforms,
+                            grad=args.grad, cpu_strategy=args.cpu_strategy,
+                            filter_values=filt)
+  for w in caught:
+    if not issubclass(w.category, CpuOnlyExportWarning):
+      warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+  if any(issubclass(w.category, CpuOnlyExportWarning) for w in caught):
+    _log("note: an artifact for cpu alone (XLA CPU's tuned form): "
+         "--platforms cpu,cuda,tpu for one that also runs on GPU/TPU")
+  return exported
 
 
 def _filter_values(path):
