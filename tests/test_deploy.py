@@ -16,7 +16,7 @@ import onnxruntime as ort  # noqa: E402
 from jax import export as jax_export  # noqa: E402
 
 import jaxconv  # noqa: E402
-from jaxconv import cli, deploy  # noqa: E402
+from jaxconv import cli  # noqa: E402
 from jaxconv.export import LayerConfig, layer_function  # noqa: E402
 
 CASES = {"odd": LayerConfig((1, 7, 7, 8), (3, 3, 8, 16), (1, 2, 2, 1), "SAME"),
