@@ -78,42 +78,45 @@ def check_strategy(strategy) -> dict:
     out[name] = {"collectives": counts,
                  "type": [spec_of(g) for g in jax.tree.leaves(got)]}
 
+  # The one-device values, each one jit (an eager transform would compile
+  # each of its primitives apart).
+  want = jax.jit(op)(w, dy)
   got, c = run(ms["data"], op, (w, P()), (dy, P("data")))
-  record("data_parallel", got, op(w, dy), c)
+  record("data_parallel", got, want, c)
   w_auto = P(None, None, "model", None) if dense else P()  # in-depth, Auto
   got, c = run(ms["mixed"], op, (w, w_auto), (dy, P("data")))
-  record("mixed_explicit_data_auto_model", got, op(w, dy), c)
+  record("mixed_explicit_data_auto_model", got, want, c)
 
   def loss(w, dy):
     return jnp.vdot(jnp.sin(op(w, dy)), ct)
   grads = jax.grad(loss, argnums=(0, 1))
   got, c = run(ms["data"], grads, (w, P()), (dy, P("data")))
-  record("grads", got, grads(w, dy), c)
+  record("grads", got, jax.jit(grads)(w, dy), c)
 
   def hvp(w, dy):  # second order: d/dw <d loss/dw, v>
     return jax.grad(lambda w: jnp.vdot(jax.grad(loss)(w, dy), v))(w)
   got, c = run(ms["data"], hvp, (w, P()), (dy, P("data")))
-  record("second_order", got, hvp(w, dy), c)
+  record("second_order", got, jax.jit(hvp)(w, dy), c)
 
   ws = jnp.stack([w, 2 * w])
   batched = jax.vmap(op, in_axes=(0, None))
   got, c = run(ms["data"], batched, (ws, P()), (dy, P("data")))
-  record("vmap_filters", got, batched(ws, dy), c)
+  record("vmap_filters", got, jax.jit(batched)(ws, dy), c)
   dys = jnp.stack([dy, -dy])
   batched = jax.vmap(op, in_axes=(None, 0))
   got, c = run(ms["data"], batched, (w, P()), (dys, P(None, "data")))
-  record("vmap_out_backprop", got, batched(w, dys), c)
+  record("vmap_out_backprop", got, jax.jit(batched)(w, dys), c)
   vmap_grad = jax.vmap(jax.grad(loss), in_axes=(0, None))
   got, c = run(ms["data"], vmap_grad, (ws, P()), (dy, P("data")))
-  record("vmap_of_grad", got, vmap_grad(ws, dy), c)
+  record("vmap_of_grad", got, jax.jit(vmap_grad)(ws, dy), c)
   grad_vmap = jax.grad(lambda ws, dy: jnp.sum(jax.vmap(
       op, in_axes=(0, None))(ws, dy) ** 2))
   got, c = run(ms["data"], grad_vmap, (ws, P()), (dy, P("data")))
-  record("grad_of_vmap", got, grad_vmap(ws, dy), c)
+  record("grad_of_vmap", got, jax.jit(grad_vmap)(ws, dy), c)
 
   if dense:  # channel patterns need a filter in-depth the mesh divides
     got, c = run(ms["data"], op, (w, P(None, None, "data", None)), (dy, P()))
-    record("filter_in_channels", got, op(w, dy), c)
+    record("filter_in_channels", got, want, c)
     with jax.set_mesh(ms["data"]):
       try:
         jax.jit(op)(jax.device_put(w, P(None, None, None, "data")),
@@ -124,11 +127,11 @@ def check_strategy(strategy) -> dict:
     contracted = lambda w, dy: op(w, dy, out_sharding=P())
     got, c = run(ms["data"], contracted, (w, P(None, None, None, "data")),
                  (dy, P(None, None, None, "data")))
-    record("contracted_channels", got, op(w, dy), c)
+    record("contracted_channels", got, want, c)
     two_d = lambda w, dy: op(w, dy, out_sharding=P("data"))
     got, c = run(ms["grid"], two_d, (w, P(None, None, None, "model")),
                  (dy, P("data", None, None, "model")))
-    record("2d_data_and_channels", got, op(w, dy), c)
+    record("2d_data_and_channels", got, want, c)
   return out
 
 
@@ -177,16 +180,16 @@ def check_family() -> dict:
   for name, fn, (a, dy) in calls:
     filter_op = "Filter" in name
     a_spec = data if filter_op else P()
-    want = fn(a, dy)
+    want = jax.jit(fn)(a, dy)
     got, c = run(mesh, fn, (a, a_spec), (dy, data))
     close(got, want, name)
     grads = jax.grad(lambda a, dy: jnp.sum(jnp.sin(fn(a, dy))), argnums=(0, 1))
     got_g, c_g = run(mesh, grads, (a, a_spec), (dy, data))
-    close(got_g, grads(a, dy), name + " grads")
+    close(got_g, jax.jit(grads)(a, dy), name + " grads")
     batched = jax.vmap(fn, in_axes=(None, 0))  # vmap over out_backprop
     dys = jnp.stack([dy, -dy])
     got_v, c_v = run(mesh, batched, (a, a_spec), (dys, P(None, "data")))
-    close(got_v, batched(a, dys), name + " vmap")
+    close(got_v, jax.jit(batched)(a, dys), name + " vmap")
     out[name] = {"type": spec_of(got), "collectives": c,
                  "grad_types": [spec_of(g) for g in got_g],
                  "grad_collectives": c_g, "vmap_type": spec_of(got_v),
