@@ -377,6 +377,20 @@ def run(name, kwargs, arrays, dtype):
   return function(name)(**resolve(kwargs, arrays, dtype))
 
 
+def run_jitted(calls):
+  """[run(*call) for call in calls] in one jax.jit: one XLA compile for all
+  (compiling costs a small call more than the rest of it)."""
+  import jax
+  operands = [{k: np.asarray(v, dtype) for k, v in arrays.items()}
+              for _, _, arrays, dtype in calls]
+
+  def replay(operands):
+    return [function(name)(**resolve(kwargs, arrays, dtype,
+                                     asarray=lambda a, _: a))
+            for (name, kwargs, _, dtype), arrays in zip(calls, operands)]
+  return jax.jit(replay)(operands)
+
+
 def reference_result(cfg, kwargs, arrays):
   """The float64 (int32: wrapped) reference for a call's generic config, in
   the shape the op promises (a filter gradient: filter_sizes or the shape

@@ -47,9 +47,11 @@ def _cases(name, count, seed, dtype=None, nonempty=False, batch=None):
 @pytest.mark.x64
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_reference(name):
-  for case in _cases(name, 12, seed=NAMES.index(name)):
+  cases = _cases(name, 12, seed=NAMES.index(name))
+  outs = family.run_jitted([(c.fn, c.kwargs, c.arrays, c.cfg["dtype"])
+                            for c in cases])
+  for case, out in zip(cases, outs):
     dtype = case.cfg["dtype"]
-    out = family.run(case.fn, case.kwargs, case.arrays, dtype)
     assert str(out.dtype) == dtype
     want = family.reference_result(case.cfg, case.kwargs, case.arrays)
     assert_close(out, want, dtype, (name, case.cfg))
@@ -84,14 +86,16 @@ def test_matches_jax_conv_vjp(name):
           x, w, geometry["strides"], pads, rhs_dilation=geometry["dilations"],
           dimension_numbers=_lax_dimension_numbers(fmt),
           feature_group_count=groups)
-    dy = case.arrays["dy"]
     if "filter" in case.arrays:
       w = np.reshape(case.arrays["filter"], hwio)
-      _, vjp = jax.vjp(lambda x: conv(x, w), jnp.zeros(x_shape))
+      primal, operand = (lambda x: conv(x, w)), np.zeros(x_shape)
     else:
       x = case.arrays["input"]
-      _, vjp = jax.vjp(lambda w: conv(x, w), jnp.zeros(hwio))
-    want, = vjp(jnp.asarray(dy))
+      primal, operand = (lambda w: conv(x, w)), np.zeros(hwio)
+    # One jit: JAX's VJP of the convolution (eager, each of its primitives
+    # would compile apart, the forward convolution too).
+    want, = jax.jit(lambda a, ct: jax.vjp(primal, a)[1](ct))(
+        operand, case.arrays["dy"])
     out = family.run(case.fn, case.kwargs, case.arrays, "float64")
     np.testing.assert_allclose(out, np.reshape(want, out.shape), rtol=1e-11,
                                atol=1e-11)

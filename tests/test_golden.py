@@ -2,11 +2,9 @@
 every raw op, tf.nn and tf.compat.v1.nn function of the family, replayed
 through jaxconv (no TF here).  Re-record with tests/golden/record.py."""
 import collections
-import functools
 import json
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 
@@ -81,25 +79,14 @@ GROUP_OF = {i: g for g, ids in enumerate(GROUPS) for i in ids}
 _REPLAYED = {}
 
 
-def _operands(i):
-  """A call's tensors, cast to its dtype as family.run casts them."""
-  return {k: np.asarray(v, CALLS[i]["dtype"]) for k, v in _arrays(i).items()}
-
-
-def _replay_group(ids, operands):
-  return [family.function(CALLS[i]["fn"])(**family.resolve(
-      CALLS[i]["kwargs"], arrays, CALLS[i]["dtype"], asarray=lambda a, _: a))
-      for i, arrays in zip(ids, operands)]
-
-
 def _replayed(i):
   """Call i through jaxconv, inside its group's one jit."""
   g = GROUP_OF[i]
   if g not in _REPLAYED:
     ids = GROUPS[g]
     try:
-      outs = jax.jit(functools.partial(_replay_group, ids))(
-          [_operands(j) for j in ids])
+      outs = family.run_jitted([(CALLS[j]["fn"], CALLS[j]["kwargs"],
+                                 _arrays(j), CALLS[j]["dtype"]) for j in ids])
       _REPLAYED[g] = dict(zip(ids, outs))
     except Exception:  # noqa: BLE001 (each call then fails on its own)
       _REPLAYED[g] = {}
