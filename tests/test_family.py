@@ -120,7 +120,7 @@ def test_vmap_matches_loop(name, in_axes):
   rng = np.random.default_rng(1)
   stacked = [np.stack([t + rng.standard_normal(t.shape) for _ in range(3)])
              if ax == 0 else t for t, ax in zip(tensors, in_axes)]
-  got = jax.vmap(f, in_axes=in_axes)(*stacked)
+  got = jax.jit(jax.vmap(f, in_axes=in_axes))(*stacked)  # one compile
   for i in range(3):
     args = [s[i] if ax == 0 else s for s, ax in zip(stacked, in_axes)]
     np.testing.assert_allclose(got[i], f(*args), rtol=1e-12, atol=1e-12)
