@@ -69,7 +69,8 @@ def test_explicit_pads_that_crop_are_recorded():
 # The replay runs in groups: one jax.jit of GROUP calls of one dtype, one
 # XLA compile for all of them (a compile costs about as much as the rest of a
 # call), on one xdist worker; each call is still its own test.  A group whose
-# jit fails replays each call alone, so the failure is the call's own.
+# jit fails replays each call in a jit of its own, so the failure is the
+# call's own.
 GROUP = 32
 GROUPS = []
 for _dtype in sorted({c["dtype"] for c in CALLS}):
@@ -93,7 +94,9 @@ def _replayed(i):
   if i in _REPLAYED[g]:
     return _REPLAYED[g][i]
   call = CALLS[i]
-  return family.run(call["fn"], call["kwargs"], _arrays(i), call["dtype"])
+  out, = family.run_jitted([(call["fn"], call["kwargs"], _arrays(i),
+                             call["dtype"])])
+  return out
 
 
 @pytest.mark.parametrize("i", [

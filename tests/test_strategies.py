@@ -84,7 +84,9 @@ def test_exact_against_reference(strategy):
     return [run_op(cfg, w, dy) for (cfg, _, _), (w, dy), e
             in zip(cases, operands, empty) if e == which]
   operands = [(w, dy) for _, w, dy in cases]
-  outs = iter(_jit_forced(strategy, lambda o: calls(o, False), operands))
+  with lowering.force_strategy(strategy, strict=True) as lowered:
+    outs = iter(jax.jit(lambda o: calls(o, False))(operands))
+  assert lowered.backprop_input == [strategy] * empty.count(False), lowered
   zeros = iter(jax.jit(lambda o: calls(o, True))(operands))  # no lowering
   for (cfg, w, dy), e in zip(cases, empty):
     out = next(zeros if e else outs)
