@@ -13,7 +13,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -133,14 +136,22 @@ memory::desc Any(const memory::desc& d) {
   return memory::desc(d.get_dims(), d.get_data_type(), memory::format_tag::any);
 }
 
-std::shared_ptr<Entry> Build(const Geometry& g) {
+// Which layouts a primitive is asked for: oneDNN's choice for every operand
+// (often blocked, with reorders from and to TF's), or TF's own for the
+// activations (no activation reorders; oneDNN still picks the weights').
+enum Layouts { kOnednnLayouts = 0, kTfActivations = 1 };
+
+std::shared_ptr<Entry> Build(const Geometry& g, Layouts layouts) {
   auto entry = std::make_shared<Entry>();
   Entry& e = *entry;
   e.user[kSrc] = ActivationDesc(g.src, g.type, g.channels_last);
   e.user[kWeights] = WeightsDesc(g.weights, g.type, g.groups);
   e.user[kDst] = ActivationDesc(g.dst, g.type, g.channels_last);
   memory::desc want[3];
-  for (int r = 0; r < 3; ++r) want[r] = Any(e.user[r]);
+  for (int r = 0; r < 3; ++r) {
+    want[r] = layouts == kTfActivations && r != kWeights ? e.user[r]
+                                                         : Any(e.user[r]);
+  }
   memory::dims dilations(g.dilations);
   for (auto& d : dilations) d -= 1;  // oneDNN counts the gaps
   dnnl::primitive_attr attr;
@@ -196,20 +207,7 @@ std::shared_ptr<Entry> Build(const Geometry& g) {
                                   pd.scratchpad_desc().get_size());
     e.reorder[r] = dnnl::reorder(pd);
   }
-  primitives_created.fetch_add(1);
   return entry;
-}
-
-std::shared_ptr<Entry> Lookup(const Geometry& g) {
-  const std::string key = g.Key();
-  {
-    std::lock_guard<std::mutex> lock(cache_mutex);
-    auto it = cache.find(key);
-    if (it != cache.end()) return it->second;
-  }
-  auto entry = Build(g);  // outside the lock: creation can take milliseconds
-  std::lock_guard<std::mutex> lock(cache_mutex);
-  return cache.emplace(key, std::move(entry)).first->second;
 }
 
 // Per-thread working memory: the reordered operands and the scratchpad.
@@ -231,6 +229,118 @@ struct Workspace {
 };
 
 size_t Align(size_t bytes) { return (bytes + 63) & ~size_t{63}; }
+
+// Runs an entry on buffers in TF's layouts (data[role]), reordering to and
+// from the primitive's layouts in this thread's workspace.
+void Execute(const Entry& e, void* const data[3]) {
+  size_t offsets[4], total = 0;
+  for (int r = 0; r < 3; ++r) {
+    offsets[r] = total;
+    if (e.reorder[r]) total += Align(e.inner[r].get_size());
+  }
+  offsets[3] = total;
+  total += Align(e.scratchpad_bytes);
+  thread_local Workspace workspace;
+  char* work = workspace.Get(total);
+  if (total && !work) throw std::bad_alloc();
+  auto& engine = Engine();
+  thread_local dnnl::stream stream(engine);
+  memory scratchpad(memory::desc({static_cast<int64_t>(e.scratchpad_bytes)},
+                                 memory::data_type::u8, memory::format_tag::x),
+                    engine, work + offsets[3]);
+  auto reorder = [&](int r, const memory& from, const memory& to) {
+    e.reorder[r]->execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                                   {DNNL_ARG_SCRATCHPAD, scratchpad}});
+  };
+  memory user[3], inner[3];
+  for (int r = 0; r < 3; ++r) {
+    user[r] = memory(e.user[r], engine, data[r]);
+    inner[r] = e.reorder[r] ? memory(e.inner[r], engine, work + offsets[r]) : user[r];
+    if (e.reorder[r] && r != e.output_role) reorder(r, user[r], inner[r]);
+  }
+  std::unordered_map<int, memory> args;
+  args[DNNL_ARG_SCRATCHPAD] = scratchpad;
+  if (e.output_role == kDst) {
+    args[DNNL_ARG_SRC] = inner[kSrc];
+    args[DNNL_ARG_WEIGHTS] = inner[kWeights];
+    args[DNNL_ARG_DST] = inner[kDst];
+  } else if (e.output_role == kSrc) {
+    args[DNNL_ARG_DIFF_SRC] = inner[kSrc];
+    args[DNNL_ARG_WEIGHTS] = inner[kWeights];
+    args[DNNL_ARG_DIFF_DST] = inner[kDst];
+  } else {
+    args[DNNL_ARG_SRC] = inner[kSrc];
+    args[DNNL_ARG_DIFF_WEIGHTS] = inner[kWeights];
+    args[DNNL_ARG_DIFF_DST] = inner[kDst];
+  }
+  e.primitive.execute(stream, args);
+  const int o = e.output_role;
+  if (e.reorder[o]) reorder(o, inner[o], user[o]);
+  stream.wait();
+}
+
+// How layouts are chosen: JAXCONV_ONEDNN_LAYOUTS=onednn or =tf pins one
+// policy for every primitive; by default each configuration is timed once,
+// both ways, on zeroed operands (the choice is a property of the layer:
+// blocked layouts win where their kernel pays for the reorders).
+int LayoutPolicy() {
+  static const int policy = [] {
+    const char* v = std::getenv("JAXCONV_ONEDNN_LAYOUTS");
+    const std::string s = v ? v : "";
+    return s == "onednn" ? kOnednnLayouts : s == "tf" ? kTfActivations : -1;
+  }();
+  return policy;
+}
+
+std::atomic<int64_t> layouts_tuned{0};
+
+std::shared_ptr<Entry> Tuned(const Geometry& g) {
+  if (LayoutPolicy() >= 0) return Build(g, static_cast<Layouts>(LayoutPolicy()));
+  std::shared_ptr<Entry> candidates[2] = {Build(g, kOnednnLayouts),
+                                          Build(g, kTfActivations)};
+  bool same = true;
+  for (int r = 0; r < 3; ++r) {
+    same = same && candidates[0]->inner[r] == candidates[1]->inner[r];
+  }
+  if (same) return candidates[0];
+  Workspace operands[3];
+  void* data[3];
+  for (int r = 0; r < 3; ++r) {
+    const size_t bytes = candidates[0]->user[r].get_size();
+    data[r] = operands[r].Get(bytes);
+    if (bytes && !data[r]) throw std::bad_alloc();
+    if (bytes) std::memset(data[r], 0, bytes);
+  }
+  // One warm-up each, then rounds until 3 or 50 ms; the faster minimum wins.
+  double best[2] = {1e30, 1e30};
+  for (auto& c : candidates) Execute(*c, data);
+  const auto start = std::chrono::steady_clock::now();
+  for (int round = 0; round < 3; ++round) {
+    for (int c = 0; c < 2; ++c) {
+      const auto t = std::chrono::steady_clock::now();
+      Execute(*candidates[c], data);
+      best[c] = std::min(best[c], std::chrono::duration<double>(
+                                      std::chrono::steady_clock::now() - t).count());
+    }
+    if (std::chrono::steady_clock::now() - start > std::chrono::milliseconds(50)) break;
+  }
+  layouts_tuned.fetch_add(1);
+  return candidates[best[1] < best[0] ? 1 : 0];
+}
+
+std::shared_ptr<Entry> Lookup(const Geometry& g) {
+  const std::string key = g.Key();
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  auto entry = Tuned(g);  // outside the lock: creation takes milliseconds
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto [it, inserted] = cache.emplace(key, std::move(entry));
+  if (inserted) primitives_created.fetch_add(1);
+  return it->second;
+}
 
 // The TF-layout dims of a buffer in oneDNN's order.
 memory::dims ActivationDims(ffi::AnyBuffer::Dimensions d, bool channels_last) {
@@ -293,54 +403,11 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b,
   g.pad_l.assign(pad_l.begin(), pad_l.end());
   g.pad_r.assign(pad_r.begin(), pad_r.end());
   try {
-    auto entry = Lookup(g);
-    const Entry& e = *entry;
-    size_t offsets[4], total = 0;
-    for (int r = 0; r < 3; ++r) {
-      offsets[r] = total;
-      if (e.reorder[r]) total += Align(e.inner[r].get_size());
-    }
-    offsets[3] = total;
-    total += Align(e.scratchpad_bytes);
-    thread_local Workspace workspace;
-    char* work = workspace.Get(total);
-    if (total && !work) return ffi::Error::Internal("jaxconv oneDNN: out of memory");
-    auto& engine = Engine();
-    thread_local dnnl::stream stream(engine);
-    memory scratchpad(memory::desc({static_cast<int64_t>(e.scratchpad_bytes)},
-                                   memory::data_type::u8, memory::format_tag::x),
-                      engine, work + offsets[3]);
-    auto reorder = [&](int r, const memory& from, const memory& to) {
-      e.reorder[r]->execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
-                                     {DNNL_ARG_SCRATCHPAD, scratchpad}});
-    };
-    memory user[3], inner[3];
-    for (int r = 0; r < 3; ++r) {
-      user[r] = memory(e.user[r], engine, data[r]);
-      inner[r] = e.reorder[r] ? memory(e.inner[r], engine, work + offsets[r]) : user[r];
-      if (e.reorder[r] && r != e.output_role) reorder(r, user[r], inner[r]);
-    }
-    std::unordered_map<int, memory> args;
-    args[DNNL_ARG_SCRATCHPAD] = scratchpad;
-    if (kind == kForward) {
-      args[DNNL_ARG_SRC] = inner[kSrc];
-      args[DNNL_ARG_WEIGHTS] = inner[kWeights];
-      args[DNNL_ARG_DST] = inner[kDst];
-    } else if (kind == kBackwardData) {
-      args[DNNL_ARG_DIFF_SRC] = inner[kSrc];
-      args[DNNL_ARG_WEIGHTS] = inner[kWeights];
-      args[DNNL_ARG_DIFF_DST] = inner[kDst];
-    } else {
-      args[DNNL_ARG_SRC] = inner[kSrc];
-      args[DNNL_ARG_DIFF_WEIGHTS] = inner[kWeights];
-      args[DNNL_ARG_DIFF_DST] = inner[kDst];
-    }
-    e.primitive.execute(stream, args);
-    const int o = e.output_role;
-    if (e.reorder[o]) reorder(o, inner[o], user[o]);
-    stream.wait();
+    Execute(*Lookup(g), data);
   } catch (const dnnl::error& err) {
     return ffi::Error::Internal(std::string("jaxconv oneDNN convolution: ") + err.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("jaxconv oneDNN convolution: out of memory");
   }
   return ffi::Error::Success();
 }
@@ -374,7 +441,7 @@ std::string Implementation(const std::string& dtype, int64_t kind) {
   Geometry g{kind, 1, 1, type, {2, 16, 8, 8}, {16, 16, 3, 3}, {2, 16, 8, 8},
              {1, 1}, {1, 1}, {1, 1}, {1, 1}};
   try {
-    return Build(g)->impl;
+    return Build(g, kOnednnLayouts)->impl;
   } catch (const dnnl::error& err) {
     return std::string("unsupported: ") + err.what();
   }
@@ -389,6 +456,8 @@ NB_MODULE(_onednn, m) {
   }, "The FFI handler: register it for the cpu platform.");
   m.def("implementation", &Implementation, nb::arg("dtype"), nb::arg("kind"),
         "oneDNN's implementation for a representative layer of this dtype.");
+  m.def("layouts_tuned", []() { return layouts_tuned.load(); },
+        "How many configurations were timed in both layouts to pick one.");
   m.def("primitives_created", []() { return primitives_created.load(); },
         "How many primitives this process has built (each one once).");
   m.def("version", []() {

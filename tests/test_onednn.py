@@ -125,6 +125,33 @@ def test_every_attribute_class_against_the_reference(ndim):
 
 
 @native
+@pytest.mark.parametrize("layouts", ["onednn", "tf", "blocked"])
+def test_each_layout_policy_against_the_reference(layouts):
+  """With the layouts pinned (JAXCONV_ONEDNN_LAYOUTS), not timed per
+  configuration: every primitive on oneDNN's own layouts, or on TF's for
+  the activations; the attribute classes against float64, in a child.  A
+  value it does not know is an error naming it."""
+  script = """
+from jaxconv.lowering.cpu import _onednn
+from tests import test_onednn
+for ndim in (1, 2, 3):
+  test_onednn.test_every_attribute_class_against_the_reference(ndim)
+print("tuned", _onednn.layouts_tuned(), "built", _onednn.primitives_created())
+"""
+  env = {**os.environ, "JAXCONV_ONEDNN_LAYOUTS": layouts,
+         "PYTHONPATH": str(ROOT)}
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                        text=True, env=env, cwd=ROOT, timeout=300)
+  if layouts == "blocked":
+    assert proc.returncode != 0
+    assert "ValueError: JAXCONV_ONEDNN_LAYOUTS='blocked'" in proc.stderr
+    return
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  _, tuned, _, built = proc.stdout.split()[-4:]
+  assert int(tuned) == 0 and int(built) > 0, proc.stdout
+
+
+@native
 def test_large_explicit_pads_huge_strides_and_empty_operands():
   spec = lowering.ConvSpec(input_spatial=(5, 4), strides=(2**31 - 1, 2),
                            dilations=(1, 2), padding=((6, 7), (3, 0)))

@@ -3,8 +3,11 @@
 One typed FFI handler (native/onednn_conv.cc, built at install as
 `_onednn`) runs the three primitives on the kernels TF's CPU ops use:
 oneDNN's forward, backward-data and backward-weights convolutions, on
-operands in TF's layouts (oneDNN reorders them into its blocked layouts and
-caches every primitive per configuration).  It is emitted only where a
+operands in TF's layouts, caching every primitive per configuration.  Each
+configuration is timed once, at its first call, both in oneDNN's own
+(blocked) layouts with reorders from and to TF's and in TF's layouts for
+the activations, and keeps the faster; `JAXCONV_ONEDNN_LAYOUTS=onednn` or
+`=tf` pins one of the two for every configuration.  It is emitted only where a
 custom call is safe (`lowering/_compat.custom_call_refusal`: never in an
 export, never where XLA's SPMD partitioner would gather the operands), for
 the dtypes oneDNN has a kernel for on this CPU (float32 everywhere;
@@ -61,9 +64,16 @@ def _preload_runtime():
       return
 
 
+LAYOUTS = ("onednn", "tf")
+
+
 @functools.cache
 def _extension():
   """(module, "") once loaded and registered, else (None, why)."""
+  layouts = os.environ.get("JAXCONV_ONEDNN_LAYOUTS", "")
+  if layouts not in ("", *LAYOUTS):
+    raise ValueError(f"JAXCONV_ONEDNN_LAYOUTS={layouts!r}: expected one of "
+                     f"{LAYOUTS} (unset: each configuration timed both ways)")
   if os.environ.get("JAXCONV_ONEDNN", "1") == "0":
     why = "turned off by JAXCONV_ONEDNN=0"
   elif not sys.platform.startswith("linux"):
