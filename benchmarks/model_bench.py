@@ -5,6 +5,7 @@ transposed-conv models in jaxconv, TF, PyTorch and `lax.conv_transpose`.
     python benchmarks/model_bench.py --models dcgan --reps 5
     python benchmarks/model_bench.py --no-native     # jaxconv on XLA's strategies
     python benchmarks/model_bench.py --busy 2        # with 2 other threads busy
+    python benchmarks/model_bench.py --glibc-default # without keep_freed_memory
 
 Models (k3/k5 stride-2 SAME transposed convolutions, ReLU between, no bias):
   decoder  8x8x256 -> 128x128x16 in four layers, then a stride-1 16 -> 3
@@ -15,8 +16,12 @@ A training step is the loss (mean square of the output) and the gradients
 of every filter; a forward pass the output alone.  Every candidate computes
 the same function of the same weights (checked against jaxconv before
 timing); medians over interleaved repetitions in one process.  The table
-gives ms per step, the ratio to TF's, jaxconv's compile time beside lax's,
-jaxconv's achieved GFLOP/s and the machine's float32 matmul rate.  Writes
+gives ms per step, the ratio to TF's, jaxconv's compile time beside lax's
+(and the time its native back end spent at first calls timing each
+configuration's layouts, with their count), jaxconv's achieved GFLOP/s and
+the machine's float32 matmul rate.  The
+process runs with `jaxconv.cpu_memory.keep_freed_memory()` (every
+candidate alike) unless --glibc-default.  Writes
 benchmarks/results/model_bench.json.
 """
 from __future__ import annotations
@@ -45,6 +50,7 @@ from jax import lax  # noqa: E402
 import jaxconv  # noqa: E402
 from benchmarks.timing import (interleaved_medians, progress,  # noqa: E402
                                steady_allocator)
+from jaxconv.lowering.cpu import onednn  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +227,7 @@ def run_model(model, reps, rng):
   ours_fwd = jax_forward(model, _jaxconv_layer)
   lax_fwd = jax_forward(model, _lax_layer)
   row = {"model": model.name, "gflop": 3 * flops(model) / 1e9}
+  tuned_before = onednn.layout_tuning()
   cands = {"forward": {}, "step": {}}
   compiled = {}
   for label, fwd in (("jaxconv", ours_fwd), ("lax", lax_fwd)):
@@ -232,6 +239,9 @@ def run_model(model, reps, rng):
     cands["step"][label] = lambda s=s: s(x_j, ws)
   want_y = np.asarray(compiled["jaxconv"][0](x_j, ws))
   want_g = [np.asarray(g) for g in compiled["jaxconv"][1](x_j, ws)[1]]
+  # The native layouts are timed at each configuration's first call.
+  row["layouts_tuned"], row["tuning_s"] = (
+      a - b for a, b in zip(onednn.layout_tuning(), tuned_before))
   for label in ("lax",):
     got = np.asarray(compiled[label][0](x_j, ws))
     row[f"max_diff_{label}"] = float(np.abs(got - want_y).max())
@@ -261,7 +271,8 @@ def print_table(rows, mm):
   peers = ("jaxconv", "tensorflow", "pytorch", "lax")
   print(f"\nfloat32 matmul (2048^3): {mm:.0f} GFLOP/s")
   head = f"{'model':<10} {'what':<8}" + "".join(f"{p:>11}" for p in peers)
-  print(head + f"{'vs TF':>8}{'GFLOP/s':>9}{'compile ours/lax s':>20}")
+  print(head + f"{'vs TF':>8}{'GFLOP/s':>9}{'compile ours/lax s':>20}"
+        f"{'layout tuning s':>17}")
   for r in rows:
     for what in ("step", "forward"):
       ms = [r.get(f"{what}_{p}_ms") for p in peers]
@@ -270,8 +281,10 @@ def print_table(rows, mm):
       gf = r["gflop"] / (3 if what == "forward" else 1) / (ms[0] / 1e3)
       comp = (f"{r['compile_jaxconv_s']:.2f} / {r['compile_lax_s']:.2f}"
               if what == "step" else "")
+      tuning = (f"{r['tuning_s']:.3f} ({r['layouts_tuned']})"
+                if what == "step" else "")
       print(f"{r['model']:<10} {what:<8}{cells}{ratio:>8.2f}{gf:>9.1f}"
-            f"{comp:>20}")
+            f"{comp:>20}{tuning:>17}")
   print("max |difference| from jaxconv (forward; TF's gradients):")
   for r in rows:
     print(f"  {r['model']:<10} " + ", ".join(
@@ -292,11 +305,18 @@ def main(argv=None):
                       help="keep N other processes spinning while timing "
                            "(oversubscription: oneDNN's OpenMP threads and "
                            "XLA's share the cores with them)")
+  parser.add_argument("--glibc-default", action="store_true",
+                      help="leave glibc's allocator as it starts (large "
+                           "temporaries faulted in afresh every step) instead "
+                           "of jaxconv.cpu_memory.keep_freed_memory()")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   args = parser.parse_args(argv)
   if args.no_native:
     os.environ["JAXCONV_ONEDNN"] = "0"
   steady_allocator()
+  if not args.glibc_default:
+    from jaxconv import cpu_memory
+    cpu_memory.keep_freed_memory()  # before JAX's first computation
   names = args.models.split(",")
   unknown = sorted(set(names) - set(MODELS))
   if unknown:
@@ -318,9 +338,11 @@ def main(argv=None):
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   suffix = ("_xla" if args.no_native else "") + (
-      f"_busy{args.busy}" if args.busy else "")
+      f"_busy{args.busy}" if args.busy else "") + (
+      "_glibc" if args.glibc_default else "")
   (out / f"model_bench{suffix}.json").write_text(json.dumps(
-      {"matmul_gflops": mm, "native": not args.no_native, "rows": rows},
+      {"matmul_gflops": mm, "native": not args.no_native,
+       "keep_freed_memory": not args.glibc_default, "rows": rows},
       indent=1))
 
 

@@ -292,7 +292,7 @@ int LayoutPolicy() {
   return policy;
 }
 
-std::atomic<int64_t> layouts_tuned{0};
+std::atomic<int64_t> layouts_tuned{0}, tuning_ns{0};
 
 std::shared_ptr<Entry> Tuned(const Geometry& g) {
   if (LayoutPolicy() >= 0) return Build(g, static_cast<Layouts>(LayoutPolicy()));
@@ -311,20 +311,24 @@ std::shared_ptr<Entry> Tuned(const Geometry& g) {
     if (bytes && !data[r]) throw std::bad_alloc();
     if (bytes) std::memset(data[r], 0, bytes);
   }
-  // One warm-up each, then rounds until 3 or 50 ms; the faster minimum wins.
+  // One warm-up each, then alternating rounds (at least 3, at most 20, while
+  // under 10 ms): the faster minimum wins.
+  const auto start = std::chrono::steady_clock::now();
   double best[2] = {1e30, 1e30};
   for (auto& c : candidates) Execute(*c, data);
-  const auto start = std::chrono::steady_clock::now();
-  for (int round = 0; round < 3; ++round) {
+  for (int round = 0; round < 20; ++round) {
     for (int c = 0; c < 2; ++c) {
       const auto t = std::chrono::steady_clock::now();
       Execute(*candidates[c], data);
       best[c] = std::min(best[c], std::chrono::duration<double>(
                                       std::chrono::steady_clock::now() - t).count());
     }
-    if (std::chrono::steady_clock::now() - start > std::chrono::milliseconds(50)) break;
+    if (round >= 2 && std::chrono::steady_clock::now() - start >
+                          std::chrono::milliseconds(10)) break;
   }
   layouts_tuned.fetch_add(1);
+  tuning_ns.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
+      std::chrono::steady_clock::now() - start).count());
   return candidates[best[1] < best[0] ? 1 : 0];
 }
 
@@ -458,6 +462,8 @@ NB_MODULE(_onednn, m) {
         "oneDNN's implementation for a representative layer of this dtype.");
   m.def("layouts_tuned", []() { return layouts_tuned.load(); },
         "How many configurations were timed in both layouts to pick one.");
+  m.def("tuning_seconds", []() { return tuning_ns.load() * 1e-9; },
+        "The time those timings took, in all.");
   m.def("primitives_created", []() { return primitives_created.load(); },
         "How many primitives this process has built (each one once).");
   m.def("version", []() {

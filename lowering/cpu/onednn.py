@@ -32,7 +32,7 @@ from .. import index
 from ..geometry import ConvSpec
 
 __all__ = ["available", "backprop_filter", "backprop_input", "dtypes",
-           "forward", "refusal", "turned_off"]
+           "forward", "layout_tuning", "refusal", "turned_off"]
 
 TARGET = "jaxconv_onednn_conv"
 _KINDS = {"forward": 0, "backprop_input": 1, "backprop_filter": 2}
@@ -119,6 +119,15 @@ def avx512() -> bool:
       "avx512" in impl or "amx" in impl
       for impl in (native.implementation("float32", kind)
                    for kind in _KINDS.values()))
+
+
+def layout_tuning() -> tuple[int, float]:
+  """(configurations timed both ways, seconds those timings took) in this
+  process so far; (0, 0.0) without the extension."""
+  native, _ = _extension()
+  if native is None:
+    return 0, 0.0
+  return native.layouts_tuned(), native.tuning_seconds()
 
 
 def refusal(dtype) -> str:
