@@ -4,10 +4,12 @@ One typed FFI handler (native/onednn_conv.cc, built at install as
 `_onednn`) runs the three primitives on the kernels TF's CPU ops use:
 oneDNN's forward, backward-data and backward-weights convolutions, on
 operands in TF's layouts, caching every primitive per configuration.  Each
-configuration is timed once, at its first call, both in oneDNN's own
+float32 configuration is timed once, at its first call, both in oneDNN's own
 (blocked) layouts with reorders from and to TF's and in TF's layouts for
 the activations, and keeps the faster; `JAXCONV_ONEDNN_LAYOUTS=onednn` or
-`=tf` pins one of the two for every configuration.  It is emitted only where a
+`=tf` pins one of the two for every configuration (half precision always
+takes oneDNN's layouts: on TF's, oneDNN 3.2 gave wrong bfloat16 filter
+gradients).  It is emitted only where a
 custom call is safe (`lowering/_compat.custom_call_refusal`: never in an
 export, never where XLA's SPMD partitioner would gather the operands), for
 the dtypes oneDNN has a kernel for on this CPU (float32 everywhere;
