@@ -6,9 +6,9 @@ serves a block over 32 MB (the highest mmap threshold it allows) with
 fresh pages from the kernel and unmaps them when freed, and its per-thread
 arenas unmap heaps that empty, so every step faults in and zeroes its
 buffer again (figures: benchmarks/README.md, "The allocator").  TF
-allocates per tensor, under the threshold, and does not pay it.  Opt in by calling `keep_freed_memory()`
-at startup, or run with the equivalent `MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_ARENA_MAX=1`.
+allocates per tensor, under the threshold, and does not pay it.  Opt in by
+calling `keep_freed_memory()` at startup, or run with the equivalent
+`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_ARENA_MAX=1`.
 """
 from __future__ import annotations
 

@@ -17,7 +17,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -279,18 +278,14 @@ void Execute(const Entry& e, void* const data[3]) {
   stream.wait();
 }
 
-// How float32 layouts are chosen: JAXCONV_ONEDNN_LAYOUTS=onednn or =tf pins
-// one policy for every primitive; by default each configuration is timed once,
-// both ways, on zeroed operands (the choice is a property of the layer:
-// blocked layouts win where their kernel pays for the reorders).
-int LayoutPolicy() {
-  static const int policy = [] {
-    const char* v = std::getenv("JAXCONV_ONEDNN_LAYOUTS");
-    const std::string s = v ? v : "";
-    return s == "onednn" ? kOnednnLayouts : s == "tf" ? kTfActivations : -1;
-  }();
-  return policy;
-}
+// How float32 layouts are chosen: set once at load from
+// JAXCONV_ONEDNN_LAYOUTS (lowering/cpu/onednn.py parses it): one policy pinned
+// for every primitive, or (-1) each configuration timed once, both ways, on
+// zeroed operands (the choice is a property of the layer: blocked layouts
+// win where their kernel pays for the reorders).
+std::atomic<int> layout_policy{-1};
+
+int LayoutPolicy() { return layout_policy.load(); }
 
 std::atomic<int64_t> layouts_tuned{0}, tuning_ns{0};
 
@@ -463,6 +458,10 @@ NB_MODULE(_onednn, m) {
   }, "The FFI handler: register it for the cpu platform.");
   m.def("implementation", &Implementation, nb::arg("dtype"), nb::arg("kind"),
         "oneDNN's implementation for a representative layer of this dtype.");
+  m.def("set_layouts", [](const std::string& policy) {
+    layout_policy = policy == "onednn" ? kOnednnLayouts
+                    : policy == "tf"   ? kTfActivations : -1;
+  }, nb::arg("policy"), "'onednn', 'tf' (pinned) or '' (timed per configuration).");
   m.def("layouts_tuned", []() { return layouts_tuned.load(); },
         "How many configurations were timed in both layouts to pick one.");
   m.def("tuning_seconds", []() { return tuning_ns.load() * 1e-9; },

@@ -87,6 +87,7 @@ def _extension():
     except (ImportError, OSError) as error:
       why = f"the extension did not load ({error})"
     else:
+      _onednn.set_layouts(layouts)
       jax.ffi.register_ffi_target(TARGET, _onednn.handler(), platform="cpu")
       return _onednn, ""
   _log.warning("jaxconv: oneDNN back end unavailable (%s); CPU lowerings use "
