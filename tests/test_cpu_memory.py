@@ -19,14 +19,17 @@ x = jnp.ones((3072, 3072), jnp.float32)  # 36 MB of temporaries
 f = jax.jit(lambda x: jnp.sum(jnp.sin(x) @ x))
 for _ in range(3):
   f(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+faults = []
+for _ in range(30):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   f(x).block_until_ready()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sorted(faults)[15])  # the median: kept, the heap still grows now and then
 """
 
 
 def _faults_per_run(mode):
+  """Page faults of the median of 30 runs, in a child process."""
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   for key in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX",
               "MALLOC_MMAP_THRESHOLD_"):
@@ -43,7 +46,8 @@ def _faults_per_run(mode):
 def test_keep_freed_memory_stops_the_faults_of_large_temporaries():
   fresh, kept = _faults_per_run("fresh"), _faults_per_run("keep")
   assert fresh > 1000, fresh  # glibc's default: fresh pages every run
-  assert kept < fresh / 20, (fresh, kept)  # measured: 0-5,000 of 450,000
+  # measured: 0 of 18,000 (jax 0.9.1), 0 of 890,000 (0.10.2)
+  assert kept < fresh / 20, (fresh, kept)
 
 
 def test_where_there_is_no_mallopt_it_says_so(monkeypatch, caplog):
