@@ -126,6 +126,28 @@ def test_max_pool_grad_with_explicit_pads_and_v2():
       strides=[1, 2, 2, 1], padding="SAME"), x, y.numpy(), g)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, tf.bfloat16.as_numpy_dtype])
+@pytest.mark.parametrize("ksize,strides,padding", [(2, 2, "VALID"),
+                                                   (3, 1, "SAME")])
+def test_max_pool3d_grad_takes_every_input_within_1e_5_of_the_max(
+    dtype, ksize, strides, padding):
+  """TF's 3-D CPU kernel tests |x - max| < 1e-5, not x == max: small
+  activations (a decoder's after ReLU) share their window's gradient."""
+  rng = np.random.default_rng(7)
+  x = (1e-4 + 3e-5 * rng.random((2, 4, 5, 4, 3))).astype(dtype)
+  y = tf.nn.max_pool3d(x, ksize, strides, padding)
+  g = rng.standard_normal(y.shape).astype(dtype)
+  window = [1, *(ksize,) * 3, 1]
+  def grad(a, b, c):  # tensors: eager TF takes NumPy bfloat16 as float32
+    a, b, c = map(tf.convert_to_tensor, (a, b, c))
+    return tf.raw_ops.MaxPool3DGrad(
+        orig_input=a, orig_output=b, grad=c, ksize=window,
+        strides=[1, *(strides,) * 3, 1], padding=padding)
+  # bfloat16: overlapping windows sum in another order than TF's (a few ulp)
+  _assert_same(grad, x, y.numpy(), g,
+               rtol=2e-2 if dtype != np.float32 else 2e-6)
+
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("data_format,dtype", [
     ("NHWC", np.float32), ("NCHW", np.float32), ("NHWC", np.float16),
@@ -211,7 +233,11 @@ def _decoder3d():  # 3-D: pooling both ways, ReLU6, upsampling
   x = L.Conv3DTranspose(8, 3, strides=2, padding="same", activation="relu")(i)
   x = L.Conv3D(8, 3, padding="same", activation="relu6")(
       L.AveragePooling3D(2, strides=1, padding="same")(x))
-  x = L.UpSampling3D(2)(L.MaxPooling3D(2)(x))
+  # Max pooling over upsampled copies: exact ties, every copy takes the
+  # gradient in TF's 3-D kernel.  (Over distinct values its rule, within
+  # 1e-5 of the maximum, flips on a rounding difference at the threshold:
+  # tested on its own above.)
+  x = L.MaxPooling3D(2)(L.UpSampling3D(2)(x))
   return keras.Model(i, L.Conv3DTranspose(2, 3, strides=2, padding="valid",
                                           activation="tanh")(x))
 

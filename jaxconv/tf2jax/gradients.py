@@ -153,9 +153,10 @@ def _avg_pool_grad(proto):
 
 
 def _max_pool3d_grad(proto):
-  """MaxPool3DGrad(orig_input, orig_output, grad): TF's 3-D kernel gives
-  each window's gradient to every position equal to the window's maximum
-  (the 2-D kernel to the first only)."""
+  """MaxPool3DGrad(orig_input, orig_output, grad): TF's 3-D CPU kernel
+  gives each window's gradient to every position within 1e-5 (absolute,
+  in the input's dtype) of the window's maximum; the 2-D kernel to the
+  first maximum only."""
   attributes = _pool_attributes(proto)
 
   def func(x, y, g):
@@ -167,7 +168,7 @@ def _max_pool3d_grad(proto):
     for tap in np.ndindex(*ksize):  # each window position in turn
       axes = list(zip(tap, y.shape, strides))
       seen = index.window(padded, dict(enumerate(axes)))
-      share = jnp.where(seen == y, g, 0)
+      share = jnp.where(jnp.abs(seen - y) < np.array(1e-5, x.dtype), g, 0)
       dx = dx + index.pad_zeros(share, [
           (t, size - t - (n - 1) * s - 1, s - 1)
           for (t, n, s), size in zip(axes, padded.shape)])
