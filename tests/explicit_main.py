@@ -31,7 +31,9 @@ RNG = np.random.default_rng(0)
 
 
 def randn(*shape):
-  return jnp.asarray(RNG.standard_normal(shape), jnp.float32)
+  # NumPy: device_put of a host array onto a sharding transfers its shards;
+  # that of a jax.Array compiles a slicing program each time.
+  return RNG.standard_normal(shape).astype(np.float32)
 
 
 def spec_of(x) -> str:
@@ -98,11 +100,11 @@ def check_strategy(strategy) -> dict:
   got, c = run(ms["data"], hvp, (w, P()), (dy, P("data")))
   record("second_order", got, jax.jit(hvp)(w, dy), c)
 
-  ws = jnp.stack([w, 2 * w])
+  ws = np.stack([w, 2 * w])
   batched = jax.vmap(op, in_axes=(0, None))
   got, c = run(ms["data"], batched, (ws, P()), (dy, P("data")))
   record("vmap_filters", got, jax.jit(batched)(ws, dy), c)
-  dys = jnp.stack([dy, -dy])
+  dys = np.stack([dy, -dy])
   batched = jax.vmap(op, in_axes=(None, 0))
   got, c = run(ms["data"], batched, (w, P()), (dys, P(None, "data")))
   record("vmap_out_backprop", got, jax.jit(batched)(w, dys), c)
@@ -187,7 +189,7 @@ def check_family() -> dict:
     got_g, c_g = run(mesh, grads, (a, a_spec), (dy, data))
     close(got_g, jax.jit(grads)(a, dy), name + " grads")
     batched = jax.vmap(fn, in_axes=(None, 0))  # vmap over out_backprop
-    dys = jnp.stack([dy, -dy])
+    dys = np.stack([dy, -dy])
     got_v, c_v = run(mesh, batched, (a, a_spec), (dys, P(None, "data")))
     close(got_v, jax.jit(batched)(a, dys), name + " vmap")
     out[name] = {"type": spec_of(got), "collectives": c,

@@ -76,8 +76,10 @@ def check(dtype, strategy) -> dict:
     return jaxconv.conv2d_backprop_input(sizes, w, dy, [1, 2, 2, 1], "SAME")
 
   rng = np.random.default_rng(0)
-  w = jnp.asarray(rng.standard_normal(filter_shape), dtype)
-  dy = jnp.asarray(rng.standard_normal((16, 8, 8, 16)), dtype)
+  # NumPy operands: device_put of a host array onto a sharding transfers
+  # its shards; that of a jax.Array compiles a slicing program each time.
+  w = np.asarray(rng.standard_normal(filter_shape), dtype)
+  dy = np.asarray(rng.standard_normal((16, 8, 8, 16)), dtype)
   want = jax.jit(op)(w, dy)
   tol = 1e-5 if dtype == jnp.float32 else 1e-12
   devices = np.array(jax.devices())
@@ -125,7 +127,7 @@ def check(dtype, strategy) -> dict:
 
   # Data-parallel training step (the incoming gradient is batch-sharded
   # too): the filter gradient is one all-reduce.
-  ct = jnp.asarray(rng.standard_normal(want.shape), dtype)
+  ct = np.asarray(rng.standard_normal(want.shape), dtype)
   def grads(w, dy, ct):
     return jax.grad(lambda w, dy: jnp.vdot(op(w, dy), ct), argnums=(0, 1))(w, dy)
   want_g = jax.jit(grads)(w, dy, ct)  # one compile, not one per primitive
