@@ -278,22 +278,26 @@ void Execute(const Entry& e, void* const data[3]) {
   stream.wait();
 }
 
-// How float32 layouts are chosen: set once at load from
-// JAXCONV_ONEDNN_LAYOUTS (lowering/cpu/onednn.py parses it): one policy pinned
-// for every primitive, or (-1) each configuration timed once, both ways, on
+// How float32 layouts are chosen: set at load from JAXCONV_ONEDNN_LAYOUTS
+// (lowering/cpu/onednn.py parses it) or by set_layouts: one policy pinned for
+// every primitive, or (-1) each configuration timed once, both ways, on
 // zeroed operands (the choice is a property of the layer: blocked layouts
-// win where their kernel pays for the reorders).
+// win where their kernel pays for the reorders).  Primitives are cached per
+// policy, so a change applies to configurations already run.
 std::atomic<int> layout_policy{-1};
-
-int LayoutPolicy() { return layout_policy.load(); }
 
 std::atomic<int64_t> layouts_tuned{0}, tuning_ns{0};
 
-std::shared_ptr<Entry> Tuned(const Geometry& g) {
-  // Half precision keeps oneDNN's layouts: on TF's, oneDNN 3.2 gave wrong
-  // bfloat16 filter gradients (tests/test_onednn.py pins this).
-  if (g.type != memory::data_type::f32) return Build(g, kOnednnLayouts);
-  if (LayoutPolicy() >= 0) return Build(g, static_cast<Layouts>(LayoutPolicy()));
+// The policy that applies to g: half precision keeps oneDNN's layouts (on
+// TF's, oneDNN 3.2 gave wrong bfloat16 filter gradients; tests/test_onednn.py
+// pins this).
+int PolicyFor(const Geometry& g) {
+  return g.type == memory::data_type::f32 ? layout_policy.load()
+                                           : kOnednnLayouts;
+}
+
+std::shared_ptr<Entry> Tuned(const Geometry& g, int policy) {
+  if (policy >= 0) return Build(g, static_cast<Layouts>(policy));
   std::shared_ptr<Entry> candidates[2] = {Build(g, kOnednnLayouts),
                                           Build(g, kTfActivations)};
   bool same = true;
@@ -331,13 +335,14 @@ std::shared_ptr<Entry> Tuned(const Geometry& g) {
 }
 
 std::shared_ptr<Entry> Lookup(const Geometry& g) {
-  const std::string key = g.Key();
+  const int policy = PolicyFor(g);
+  const std::string key = g.Key() + '#' + std::to_string(policy);
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
   }
-  auto entry = Tuned(g);  // outside the lock: creation takes milliseconds
+  auto entry = Tuned(g, policy);  // outside the lock: creation takes ms
   std::lock_guard<std::mutex> lock(cache_mutex);
   auto [it, inserted] = cache.emplace(key, std::move(entry));
   if (inserted) primitives_created.fetch_add(1);
@@ -462,6 +467,11 @@ NB_MODULE(_onednn, m) {
     layout_policy = policy == "onednn" ? kOnednnLayouts
                     : policy == "tf"   ? kTfActivations : -1;
   }, nb::arg("policy"), "'onednn', 'tf' (pinned) or '' (timed per configuration).");
+  m.def("layout_policy", []() {
+    const int policy = layout_policy.load();
+    return std::string(policy == kOnednnLayouts   ? "onednn"
+                       : policy == kTfActivations ? "tf" : "");
+  }, "The policy set_layouts took last.");
   m.def("layouts_tuned", []() { return layouts_tuned.load(); },
         "How many configurations were timed in both layouts to pick one.");
   m.def("tuning_seconds", []() { return tuning_ns.load() * 1e-9; },

@@ -34,7 +34,8 @@ from .. import index
 from ..geometry import ConvSpec
 
 __all__ = ["available", "backprop_filter", "backprop_input", "dtypes",
-           "forward", "layout_tuning", "refusal", "turned_off"]
+           "forward", "layout_tuning", "pinned_layouts", "refusal",
+           "turned_off"]
 
 TARGET = "jaxconv_onednn_conv"
 _KINDS = {"forward": 0, "backprop_input": 1, "backprop_filter": 2}
@@ -69,13 +70,18 @@ def _preload_runtime():
 LAYOUTS = ("onednn", "tf")
 
 
+def _checked_layouts(policy: str, name: str) -> str:
+  if policy not in ("", *LAYOUTS):
+    raise ValueError(f"{name}={policy!r}: expected one of {LAYOUTS} "
+                     "('' or unset: each configuration timed both ways)")
+  return policy
+
+
 @functools.cache
 def _extension():
   """(module, "") once loaded and registered, else (None, why)."""
-  layouts = os.environ.get("JAXCONV_ONEDNN_LAYOUTS", "")
-  if layouts not in ("", *LAYOUTS):
-    raise ValueError(f"JAXCONV_ONEDNN_LAYOUTS={layouts!r}: expected one of "
-                     f"{LAYOUTS} (unset: each configuration timed both ways)")
+  layouts = _checked_layouts(os.environ.get("JAXCONV_ONEDNN_LAYOUTS", ""),
+                             "JAXCONV_ONEDNN_LAYOUTS")
   if os.environ.get("JAXCONV_ONEDNN", "1") == "0":
     why = "turned off by JAXCONV_ONEDNN=0"
   elif not sys.platform.startswith("linux"):
@@ -131,6 +137,26 @@ def layout_tuning() -> tuple[int, float]:
   if native is None:
     return 0, 0.0
   return native.layouts_tuned(), native.tuning_seconds()
+
+
+@contextlib.contextmanager
+def pinned_layouts(policy: str):
+  """Run float32 calls inside this block on one layout policy, as
+  JAXCONV_ONEDNN_LAYOUTS does for a process: "onednn" (blocked, with
+  reorders), "tf" (TF's for the activations) or "" (each configuration
+  timed both ways).  It acts when a call runs, not when it is lowered: a
+  compiled function runs on the block's policy (primitives are cached per
+  policy).  Process-wide; the policy before is restored at the end."""
+  native, why = _extension()
+  _checked_layouts(policy, "policy")
+  if native is None:
+    raise RuntimeError(f"the oneDNN back end is unavailable ({why})")
+  before = native.layout_policy()
+  native.set_layouts(policy)
+  try:
+    yield
+  finally:
+    native.set_layouts(before)
 
 
 def refusal(dtype) -> str:
