@@ -668,33 +668,6 @@ def test_phase_packed_waste(kernel, strides, want):
         "subpixel_fused")
 
 
-def _window_starts(size, k, stride, dilation, pad):
-  """The forward conv's window starts over the padded input, counted."""
-  span, padded = (k - 1) * dilation + 1, size + pad[0] + pad[1]
-  return [start for start in range(0, padded, stride)
-          if start + span <= padded]
-
-
-@pytest.mark.parametrize("size, k, stride, dilation, pad, want", [
-    (5, 3, 100, 1, (0, 0), 3),         # one window, 2 positions to spare
-    (5, 3, 3, 1, (0, 0), 3),
-    (5, 3, 2, 1, (0, 0), 2),           # two windows: unchanged
-    (5, 3, 10, 1, (1, 2), 6),          # the pads add to the slack
-    (5, 3, 2**31 - 1, 2, (0, 0), 1),   # the dilated kernel spans the input
-    (9, 2, 4, 3, (2, 0), 4),           # two windows: unchanged
-])
-def test_equivalent_stride_is_the_smallest_with_the_same_windows(
-    size, k, stride, dilation, pad, want):
-  """Huge strides become the smallest with the same windows (the sub-pixel
-  strategies loop over stride phases)."""
-  got = geometry.equivalent_stride(size, k, stride, dilation, pad)
-  assert got == want
-  windows = _window_starts(size, k, stride, dilation, pad)
-  assert _window_starts(size, k, got, dilation, pad) == windows
-  assert all(_window_starts(size, k, s, dilation, pad) != windows
-             for s in range(1, got))
-
-
 def test_every_rule_reason_has_its_measurements_row():
   """Each rule's reason names a row of benchmarks/README.md ('Why each CPU
   rule') with the strategy it chooses: the figures live there, not in
