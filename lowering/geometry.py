@@ -81,7 +81,8 @@ def fitting_padding(out_size: int, size: int, k: int, stride: int,
   """
   ek = effective_size(k, dilation)
   after = max(0, (size - 1) * stride + ek - out_size - before)
-  return after, min(out_size, size * stride - 1 + ek - before - after)
+  # Short only where after is 0: past it the bound exceeds out_size.
+  return after, min(out_size, size * stride - 1 + ek - before)
 
 
 def equivalent_stride(size: int, k: int, stride: int, dilation: int,
