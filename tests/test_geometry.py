@@ -97,3 +97,13 @@ def test_fitting_padding_is_the_smallest_after_pad_tf_accepts():
                                      before, 0) > size
       checked.add((fit > 0, computed < out_size))
   assert checked == {(True, False), (False, False), (False, True)}
+
+
+def test_a_spec_with_equivalent_strides_keeps_the_rest():
+  spec = geometry.ConvSpec(input_spatial=(5, 4), strides=(2**31 - 1, 2),
+                           dilations=(1, 1), padding=((0, 0), (0, 1)),
+                           groups=2, channels_last=False)
+  got = spec.with_equivalent_strides((3, 2))
+  assert got.strides == (3, 2)  # one window in the first dim, two in the second
+  assert got == geometry.ConvSpec((5, 4), (3, 2), (1, 1), ((0, 0), (0, 1)),
+                                  2, False)
