@@ -3,7 +3,6 @@ forward conv's windows counted one by one, PyTorch's and Keras's own
 transposed-conv layers."""
 import itertools
 
-import numpy as np
 import pytest
 
 from jaxconv.lowering import geometry
