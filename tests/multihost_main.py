@@ -325,7 +325,7 @@ def every_function(mesh):
     tensors = [global_array(mesh, P(), t) for t in tensors]
     grad = jax.grad(lambda *t: jnp.sum(jnp.sin(f(*t))),
                     argnums=tuple(range(len(tensors))))
-    value, grads = jax.jit(f)(*tensors), jax.jit(grad)(*tensors)
+    value, grads = jax.jit(lambda *t: (f(*t), grad(*t)))(*tensors)  # 1 compile
     out[name] = _lists(gathered({"value": value, "grads": list(grads)}))
   return out
 
