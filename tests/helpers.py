@@ -61,8 +61,9 @@ def run_reference(cfg, filt, dy, **kw):
       data_format=cfg["data_format"], dilations=cfg["dilations"], **kw)
 
 
-def assert_close(actual, expected, dtype: str, context=""):
-  """Max error within RTOL[dtype] times the expected result's scale."""
+def assert_close(actual, expected, dtype: str, context="", rtol=None):
+  """Max error within RTOL[dtype] (or `rtol`) times the expected result's
+  scale."""
   actual = np.asarray(actual)
   assert actual.shape == expected.shape, (actual.shape, expected.shape, context)
   if dtype == "int32":
@@ -70,7 +71,8 @@ def assert_close(actual, expected, dtype: str, context=""):
     return 0.0
   err = float(np.max(np.abs(actual.astype(np.float64) - expected), initial=0))
   scale = max(1.0, float(np.max(np.abs(expected), initial=0)))
-  assert err <= RTOL[dtype] * scale, (err, scale, context)
+  assert err <= (RTOL[dtype] if rtol is None else rtol) * scale, (
+      err, scale, context)
   return err
 
 

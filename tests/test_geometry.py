@@ -65,10 +65,10 @@ def test_transposed_output_size_is_pytorch_s():
         range(k * dilation), range(max(stride, dilation))):
       layer = torch.nn.ConvTranspose1d(1, 1, k, stride, pad, output_padding,
                                        dilation=dilation)
-      if (size - 1) * stride + (k - 1) * dilation + 1 + output_padding \
-          <= 2 * pad:
-        continue  # PyTorch: no positions left
-      want = layer(torch.zeros(1, 1, size)).shape[-1]
+      try:
+        want = layer(torch.zeros(1, 1, size)).shape[-1]
+      except RuntimeError:  # PyTorch: no positions left
+        continue
       got = geometry.transposed_output_size(size, k, stride, dilation,
                                             (pad, pad), output_padding)
       assert got == want, (size, k, stride, dilation, pad, output_padding)

@@ -122,12 +122,6 @@ def _partner_calls(spec, x, w, dy, dtype):
   return calls
 
 
-def _assert_within(got, want, tol, what):
-  scale = max(1.0, float(np.max(np.abs(want), initial=0)))
-  np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0,
-                             atol=tol * scale, err_msg=str(what))
-
-
 # Timed per configuration (the default), then each policy pinned.
 POLICIES = ("", *onednn.LAYOUTS)
 
@@ -160,7 +154,7 @@ def test_every_attribute_class_on_every_layout_policy(ndim):
     tuned, built = onednn.layout_tuning()[0], _onednn.primitives_created()
     with onednn.pinned_layouts(policy):
       for compiled, args, want, tol, spec in calls:
-        _assert_within(compiled(*args), want, tol, (policy, spec))
+        assert_close(compiled(*args), want, "float32", (policy, spec), tol)
     # Each policy builds its own primitives; a pinned one times nothing.
     assert _onednn.primitives_created() > built, policy
     if policy:
@@ -193,9 +187,9 @@ def test_half_precision_keeps_onednn_layouts_under_tf_layouts():
             partners.forward(ct, w, spec=spec))
   with onednn.pinned_layouts("tf"):
     for compiled, args_, want_ in calls:
-      _assert_within(compiled(*args_), want_, 1e-2, spec)
+      assert_close(compiled(*args_), want_, "bfloat16", spec, 1e-2)
     for got, want_ in zip(vjp(*args), want):
-      _assert_within(got, np.asarray(want_), 1e-2, "vjp")
+      assert_close(got, np.asarray(want_), "bfloat16", "vjp", 1e-2)
 
 
 @native
